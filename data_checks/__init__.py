@@ -1,0 +1,1 @@
+"""Expectation suites per dataset and the Great Expectations validation runner."""

@@ -1,0 +1,1 @@
+"""Outermost layer: CLI, settings, local services, Prefect deployments, infrastructure files."""

@@ -1,0 +1,331 @@
+"""`pynomaly`: the command line over the flows. Heavy imports happen inside commands only."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+import warnings
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    help="Pynomaly: anomaly detection you can trust, trace and restore.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks and library logs.")]
+QueryOpt = Annotated[
+    str | None, typer.Option("--query", help="For a SQL URL source: a table name or a SELECT.")
+]
+DelimOpt = Annotated[str, typer.Option("--delimiter", help="CSV field delimiter.")]
+
+
+def _quiet_libraries() -> None:
+    """Keep stderr for our own one-line messages: library chatter goes to the Prefect API/logs."""
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+    os.environ.setdefault("PREFECT_LOGGING_INTERNAL_LEVEL", "CRITICAL")
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    warnings.filterwarnings("ignore")
+    for name in ("mlflow", "alembic", "great_expectations", "urllib3", "botocore", "httpx"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def run(work: Callable[[], dict[str, Any]], *, as_json: bool, debug: bool, status: str) -> dict:
+    """Run a command body: environment first, errors as one line (exit 2 bad input, 1 other)."""
+    from data_checks.errors import InputError
+    from deployments.settings import apply_runtime_environment, get_settings
+
+    if not debug:
+        _quiet_libraries()
+    try:
+        settings = get_settings()
+        apply_runtime_environment(settings)
+        if not debug:
+            _quiet_libraries()  # again: importing MLflow resets its logger levels
+        with err.status(status) if err.is_terminal else _nothing():
+            result = work()
+    except InputError as exc:
+        if debug:
+            traceback.print_exc()
+        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except typer.Exit:
+        raise
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        err.print(
+            f"error: {type(exc).__name__}: {message} (run with --debug for the traceback)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1) from None
+    if as_json:
+        sys.stdout.write(json.dumps(result, default=str) + "\n")
+    return result
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def show(title: str, rows: dict[str, Any]) -> None:
+    """A two-column table on stdout."""
+    table = Table(title=title, show_header=False, title_justify="left")
+    for key, value in rows.items():
+        if isinstance(value, float):
+            value = f"{value:.4g}"
+        table.add_row(key, str(value))
+    out.print(table)
+
+
+def model_rows(result: dict[str, Any]) -> dict[str, Any]:
+    """The rows of a training summary worth a person's attention."""
+    keep = {
+        "model": result.get("model"),
+        "version": result.get("version"),
+        "alias": result.get("alias"),
+        "detector": result.get("detector"),
+        "threshold": result.get("threshold"),
+        "dataset": f"{result.get('dataset')} ({result.get('rows')} rows, "
+        f"{str(result.get('dataset_sha256'))[:12]})",
+        "validation": result.get("validation"),
+    }
+    for key in ("roc_auc", "average_precision", "precision", "recall", "f1"):
+        if key in result.get("metrics", {}):
+            keep[f"hold-out {key}"] = result["metrics"][key]
+    return keep
+
+
+@app.command()
+def ingest(
+    source: Annotated[str, typer.Argument(help="CSV/Parquet path, s3://bucket/key or SQL URL.")],
+    dataset: Annotated[str, typer.Option("--dataset", help="Dataset name.")],
+    query: QueryOpt = None,
+    delimiter: DelimOpt = ",",
+    label_column: Annotated[str | None, typer.Option("--label-column")] = None,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Snapshot a source as a versioned dataset and validate it."""
+
+    def work() -> dict[str, Any]:
+        from flows.ingest_dataset import ingest_dataset
+
+        return ingest_dataset(source, dataset, query, delimiter, label_column)
+
+    result = run(work, as_json=as_json, debug=debug, status="Ingesting…")
+    if not as_json:
+        show(
+            f"Dataset {dataset}",
+            {
+                "sha256": result["sha256"],
+                "rows": result["rows"],
+                "columns": len(result["columns"]),
+                "snapshot": result["snapshot"],
+                "validation": "suite created"
+                if result["validation"]["suite_created"]
+                else "passed",
+            },
+        )
+
+
+@app.command()
+def train(
+    source: Annotated[str, typer.Argument(help="Training data: path, s3:// URI or SQL URL.")],
+    model: Annotated[str, typer.Option("--model", help="Registered model name.")],
+    label_column: Annotated[
+        str | None, typer.Option("--label-column", help="0/1 labels, for hold-out metrics.")
+    ] = None,
+    detector: Annotated[str, typer.Option("--detector", help="Catalog name or 'auto'.")] = (
+        "iforest"
+    ),
+    contamination: Annotated[float | None, typer.Option(help="Expected anomaly share.")] = None,
+    time_budget: Annotated[float, typer.Option("--time-budget", help="AutoML seconds.")] = 60.0,
+    trials: Annotated[int | None, typer.Option("--trials", help="AutoML trial cap.")] = None,
+    workers: Annotated[int, typer.Option("--workers", help="AutoML parallel workers.")] = 1,
+    dataset: Annotated[str | None, typer.Option("--dataset")] = None,
+    query: QueryOpt = None,
+    delimiter: DelimOpt = ",",
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Train a detector and register it in MLflow."""
+
+    def work() -> dict[str, Any]:
+        from flows.train_detector import train_detector
+
+        return train_detector(
+            source,
+            model,
+            dataset=dataset,
+            label_column=label_column,
+            detector=detector,
+            contamination=contamination,
+            query=query,
+            delimiter=delimiter,
+            time_budget_s=time_budget,
+            n_trials=trials,
+            n_workers=workers,
+        )
+
+    result = run(work, as_json=as_json, debug=debug, status="Training…")
+    if not as_json:
+        show(f"Trained {model}", model_rows(result))
+
+
+@app.command()
+def score(
+    source: Annotated[str, typer.Argument(help="The batch: path, s3:// URI or SQL URL.")],
+    model: Annotated[str, typer.Option("--model", help="NAME or NAME@ALIAS (champion).")],
+    version: Annotated[int | None, typer.Option("--version", help="A version number.")] = None,
+    batch_id: Annotated[
+        str | None, typer.Option("--batch-id", help="Default: the batch content hash.")
+    ] = None,
+    query: QueryOpt = None,
+    delimiter: DelimOpt = ",",
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Score a batch into detection_results (re-scoring a batch id replaces its rows)."""
+
+    def work() -> dict[str, Any]:
+        from flows.score_batch import score_batch
+
+        return score_batch(
+            source, model, version=version, batch_id=batch_id, query=query, delimiter=delimiter
+        )
+
+    result = run(work, as_json=as_json, debug=debug, status="Scoring…")
+    if not as_json:
+        show(f"Scored batch {result['batch_id']}", result)
+
+
+@app.command()
+def pipeline(
+    source: Annotated[str, typer.Argument(help="Training data.")],
+    model: Annotated[str, typer.Option("--model")],
+    score_source: Annotated[
+        str | None, typer.Option("--score", help="Batch to score (default: the source).")
+    ] = None,
+    label_column: Annotated[str | None, typer.Option("--label-column")] = None,
+    detector: Annotated[str, typer.Option("--detector")] = "iforest",
+    contamination: Annotated[float | None, typer.Option()] = None,
+    time_budget: Annotated[float, typer.Option("--time-budget")] = 60.0,
+    batch_id: Annotated[str | None, typer.Option("--batch-id")] = None,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Ingest, validate, train, register and score in one flow run."""
+
+    def work() -> dict[str, Any]:
+        from flows.run_pipeline import pipeline as pipeline_flow
+
+        return pipeline_flow(
+            source,
+            model,
+            score_source=score_source,
+            label_column=label_column,
+            detector=detector,
+            contamination=contamination,
+            time_budget_s=time_budget,
+            batch_id=batch_id,
+        )
+
+    result = run(work, as_json=as_json, debug=debug, status="Running the pipeline…")
+    if not as_json:
+        rows = model_rows(result)
+        rows.update({k: result[k] for k in ("batch_id", "rows_scored", "anomalies")})
+        show(f"Pipeline for {model}", rows)
+
+
+@app.command()
+def demo(
+    model: Annotated[str, typer.Option("--model")] = "breast-cancer",
+    detector: Annotated[str, typer.Option("--detector")] = "iforest",
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Run the whole pipeline on real data (breast-cancer) with nothing to start."""
+    started = time.perf_counter()
+
+    def work() -> dict[str, Any]:
+        import pandas as pd
+        from sklearn.metrics import roc_auc_score
+
+        from deployments.demo import LABEL, build_demo_files
+        from deployments.settings import get_settings
+        from flows.run_pipeline import pipeline as pipeline_flow
+        from tasks.results import detection_results, results_engine
+
+        settings = get_settings()
+        files = build_demo_files(settings.home_dir / "demo")
+        result = pipeline_flow(
+            str(files["train"]),
+            model,
+            score_source=str(files["batch"]),
+            label_column=LABEL,
+            detector=detector,
+        )
+        # Judge the scored batch with the labels kept aside, read back from the results DB.
+        engine = results_engine(settings.results_url)
+        scored = pd.read_sql(
+            detection_results.select().where(detection_results.c.batch_id == result["batch_id"]),
+            engine,
+        ).sort_values("row_index")
+        engine.dispose()
+        truth = pd.read_csv(files["batch_labels"]).set_index("row_index")[LABEL]
+        y = truth.loc[scored["row_index"]].to_numpy()
+        result["metrics"]["batch_roc_auc"] = float(roc_auc_score(y, scored["score"]))
+        result["batch_anomalies_true"] = int(y.sum())
+        result["seconds"] = round(time.perf_counter() - started, 1)
+        result["ui"] = {
+            "mlflow": f"mlflow ui --backend-store-uri {settings.mlflow_tracking_uri} --port 5000",
+            "prefect": f"PREFECT_HOME={os.environ['PREFECT_HOME']} prefect server start",
+        }
+        return result
+
+    result = run(work, as_json=as_json, debug=debug, status="Running the demo pipeline…")
+    if as_json:
+        return
+    rows = model_rows(result)
+    rows["batch ROC-AUC"] = result["metrics"]["batch_roc_auc"]
+    rows["rows scored"] = result["rows_scored"]
+    rows["anomalies flagged"] = (
+        f"{result['anomalies']} (truly malignant: {result['batch_anomalies_true']})"
+    )
+    rows["batch id"] = result["batch_id"]
+    rows["seconds"] = result["seconds"]
+    show("Pynomaly demo: breast-cancer (benign = normal, malignant = anomaly)", rows)
+    out.print("Open the UIs on this state:")
+    for command in result["ui"].values():
+        out.print(f"  {command}", markup=False, highlight=False, soft_wrap=True)
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,78 @@
+"""One settings object for the whole platform, read lazily at the edge (CLI, flows)."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tasks.store import ArtifactStore
+
+
+class Settings(BaseSettings):
+    """Where Pynomaly keeps its state. Every field is `PYNOMALY_<FIELD>` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="PYNOMALY_", extra="ignore")
+
+    home: Path = Field(Path(".pynomaly"), description="Folder for all embedded state.")
+    tracking_uri: str | None = Field(None, description="MLflow tracking URI.")
+    artifact_root: str | None = Field(
+        None, description="Artifact store: a folder or s3://bucket/prefix."
+    )
+    results_db_url: str | None = Field(None, description="SQLAlchemy URL of the results database.")
+    s3_endpoint_url: str | None = Field(
+        None, description="S3 endpoint (MinIO, moto); empty for AWS."
+    )
+    experiment: str = Field("pynomaly", description="MLflow experiment for training runs.")
+    optuna_storage: str | None = Field(
+        None, description="Optuna RDB storage URL shared by tuning workers (PostgreSQL)."
+    )
+    chunk_rows: int = Field(50_000, gt=0, description="Rows per chunk when reading and scoring.")
+
+    @property
+    def home_dir(self) -> Path:
+        return self.home.expanduser().resolve()
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        return self.tracking_uri or f"sqlite:///{self.home_dir / 'mlflow.db'}"
+
+    @property
+    def artifact_store(self) -> str:
+        return self.artifact_root or str(self.home_dir / "artifacts")
+
+    @property
+    def results_url(self) -> str:
+        return self.results_db_url or f"sqlite:///{self.home_dir / 'results.db'}"
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.home_dir / "prefect"
+
+    def store(self) -> ArtifactStore:
+        """The artifact store (snapshots, suites, quarantine, MLflow artifacts)."""
+        return ArtifactStore(self.artifact_store, self.s3_endpoint_url)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The settings of this process (read once, on first use)."""
+    return Settings()
+
+
+def apply_runtime_environment(settings: Settings) -> None:
+    """Point Prefect, MLflow and boto3 at this platform's state; call once at the edge.
+
+    Prefect reads its settings when it is first imported, so this must run before that.
+    Values the user set explicitly in the environment win.
+    """
+    settings.home_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PREFECT_HOME", str(settings.prefect_home))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    os.environ.setdefault("MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri)
+    if settings.s3_endpoint_url:
+        os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", settings.s3_endpoint_url)

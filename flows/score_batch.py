@@ -1,0 +1,63 @@
+"""Flow: score a new batch with a registered model into the results database."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+
+from deployments.settings import get_settings
+from tasks.steps import load_source, resolve_model, score_into_results, validate_batch
+
+
+@flow(name="score-batch", log_prints=True)
+def score_batch(
+    source: str,
+    model: str,
+    alias: str | None = None,
+    version: int | None = None,
+    batch_id: str | None = None,
+    query: str | None = None,
+    delimiter: str = ",",
+) -> dict[str, Any]:
+    """Score a batch with models:/MODEL@ALIAS (champion by default) or a version; idempotent."""
+    from registry.versions import parse_model_ref
+
+    settings = get_settings()
+    store = settings.store()
+    name, ref_alias = parse_model_ref(model)
+    resolved = resolve_model(settings.mlflow_tracking_uri, name, alias or ref_alias, version)
+
+    # Ingest: the batch is snapshotted like any data; its hash is the default batch id
+    manifest = load_source(source, f"{name}-batches", store, query, delimiter, settings.chunk_rows)
+
+    # Validate against the suite of the data the model was trained on
+    label = resolved.tags.get("label_column") or None
+    report = validate_batch(
+        store,
+        manifest,
+        suite_name=resolved.tags.get("dataset") or f"{name}-batches",
+        optional_columns=[label] if label else [],
+    )
+
+    # Score: delete + insert of the batch in one transaction
+    batch = batch_id or manifest.sha256[:16]
+    result = score_into_results(
+        store, manifest, resolved, settings.results_url, batch, settings.chunk_rows
+    )
+    create_markdown_artifact(
+        key="score-summary",
+        markdown=(
+            f"## Scored batch `{batch}`\n\nmodel `{name}` v{resolved.version} "
+            f"({resolved.alias or 'by version'}): {result['rows_scored']} rows, "
+            f"{result['anomalies']} anomalies. Validation: {report.summary()}"
+        ),
+    )
+    return {**result, "source": manifest.source, "validation": report.summary()}
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(score_batch(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "example"))

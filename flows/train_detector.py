@@ -1,0 +1,118 @@
+"""Flow: ingest and validate training data, tune/fit a detector, log and register it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from deployments.settings import get_settings
+from tasks.steps import fit_detector, load_source, register_model, validate_batch
+
+
+@flow(name="train-detector", log_prints=True)
+def train_detector(
+    source: str,
+    model: str,
+    dataset: str | None = None,
+    label_column: str | None = None,
+    detector: str = "iforest",
+    contamination: float | None = None,
+    query: str | None = None,
+    delimiter: str = ",",
+    time_budget_s: float = 60.0,
+    n_trials: int | None = None,
+    n_workers: int = 1,
+    random_state: int = 0,
+) -> dict[str, Any]:
+    """Train a detector on a source and register it: champion if first, challenger otherwise."""
+    from registry.tracking import code_version, ensure_experiment, start_run, trial_logger
+    from tasks.ingest import check_dataset_name
+
+    settings = get_settings()
+    store = settings.store()
+    dataset = check_dataset_name(dataset or model)
+
+    # Ingest
+    manifest = load_source(source, dataset, store, query, delimiter, settings.chunk_rows)
+
+    # Validate
+    optional = [label_column] if label_column else []
+    report = validate_batch(store, manifest, optional_columns=optional)
+
+    # Tune / train: one MLflow run; tuning trials become its child runs
+    tags = {
+        "dataset": dataset,
+        "dataset_sha256": manifest.sha256,
+        "dataset_rows": str(manifest.rows),
+        "snapshot_uri": manifest.snapshot_uri,
+        "source": manifest.source,
+        "validation": "suite created" if report.suite_created else "passed",
+        "code_version": code_version(),
+        "detector": detector,
+        "label_column": label_column or "",
+    }
+    experiment_id = ensure_experiment(
+        settings.experiment, settings.mlflow_tracking_uri, settings.artifact_store
+    )
+    run_id = start_run(experiment_id, f"train-{model}", tags)
+    result = fit_detector(
+        store,
+        manifest,
+        label_column=label_column,
+        detector=detector,
+        contamination=contamination,
+        random_state=random_state,
+        time_budget_s=time_budget_s,
+        n_trials=n_trials,
+        n_workers=n_workers,
+        optuna_storage=settings.optuna_storage,
+        trial_callback=trial_logger(experiment_id, run_id) if detector == "auto" else None,
+    )
+
+    # Register
+    tags["threshold"] = repr(result.threshold)
+    registered = register_model(
+        settings.mlflow_tracking_uri,
+        result=result,
+        model_name=model,
+        tags=tags,
+        params={"label_column": label_column, "dataset": dataset, "rows": manifest.rows},
+        experiment_id=experiment_id,
+        run_name=f"train-{model}",
+        parent_run_id=run_id,
+    )
+
+    metrics = {k: round(v, 6) for k, v in result.metrics.items()}
+    summary = {
+        **registered,
+        "detector": result.detector,
+        "config": result.params,
+        "threshold": result.threshold,
+        "metrics": metrics,
+        "dataset": dataset,
+        "dataset_sha256": manifest.sha256,
+        "rows": manifest.rows,
+        "validation": report.summary(),
+    }
+    if result.automl is not None:
+        board = result.automl.leaderboard_.sort_values("value", ascending=False)
+        summary["leaderboard_top5"] = board.head(5).to_dict("records")
+        create_table_artifact(key="automl-leaderboard", table=board.astype(str).to_dict("records"))
+    create_markdown_artifact(
+        key="train-summary",
+        markdown=(
+            f"## Trained `{model}` v{registered['version']} ({registered['alias']})\n\n"
+            f"detector `{result.detector}`, threshold {result.threshold:.6g}, dataset "
+            f"`{dataset}` ({manifest.rows} rows, `{manifest.sha256[:12]}`)\n\n"
+            + "\n".join(f"- {k}: {v}" for k, v in metrics.items())
+        ),
+    )
+    return summary
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(train_detector(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "example"))

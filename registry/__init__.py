@@ -1,0 +1,1 @@
+"""Plain functions over MLflow: the model wrapper, registration, aliases and lineage."""

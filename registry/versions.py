@@ -1,0 +1,128 @@
+"""Register model versions, move aliases, resolve `NAME@ALIAS` / versions, read lineage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from data_checks.errors import InputError
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+
+def client(tracking_uri: str) -> Any:
+    """An MLflow client on the given tracking URI (the process-wide URI is set too)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(tracking_uri)
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def _not_found(exc: Exception) -> bool:
+    return getattr(exc, "error_code", "") in {"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"}
+
+
+def parse_model_ref(ref: str) -> tuple[str, str | None]:
+    """`NAME@ALIAS` -> (NAME, ALIAS); `NAME` -> (NAME, None)."""
+    name, _, alias = ref.partition("@")
+    if not name:
+        raise InputError(f"invalid model reference {ref!r}: expected NAME or NAME@ALIAS")
+    return name, alias or None
+
+
+@dataclass(frozen=True)
+class ResolvedVersion:
+    """A model version found by alias or number."""
+
+    name: str
+    version: int
+    alias: str | None
+    run_id: str | None
+    source: str
+    tags: dict[str, str]
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def aliases_of(mlflow_client: Any, name: str) -> dict[str, int]:
+    """alias -> version of a registered model."""
+    model = mlflow_client.get_registered_model(name)
+    return {alias: int(v) for alias, v in (model.aliases or {}).items()}
+
+
+def resolve_version(
+    mlflow_client: Any, name: str, alias: str | None = None, version: int | None = None
+) -> ResolvedVersion:
+    """The version an alias points at, or a numbered version; the champion when neither given."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        aliases = aliases_of(mlflow_client, name)
+    except MlflowException as exc:
+        if _not_found(exc):
+            raise InputError(f"model {name!r} is not registered") from exc
+        raise
+    try:
+        if version is not None:
+            mv = mlflow_client.get_model_version(name, str(version))
+        else:
+            alias = alias or CHAMPION
+            if alias not in aliases:
+                known = ", ".join(f"{a}->v{v}" for a, v in sorted(aliases.items())) or "none"
+                raise InputError(f"model {name!r} has no alias {alias!r} (aliases: {known})")
+            mv = mlflow_client.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        if _not_found(exc):
+            raise InputError(f"model {name!r} has no version {version}") from exc
+        raise
+    found_alias = (
+        alias
+        if version is None
+        else next((a for a, v in aliases.items() if v == int(mv.version)), None)
+    )
+    return ResolvedVersion(
+        name=name,
+        version=int(mv.version),
+        alias=found_alias,
+        run_id=mv.run_id,
+        source=mv.source,
+        tags=dict(mv.tags or {}),
+    )
+
+
+def register_version(
+    mlflow_client: Any, model_uri: str, name: str, run_id: str, tags: dict[str, str]
+) -> tuple[int, str]:
+    """Register a logged model as a new version; the first becomes champion, later challenger."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow_client.get_registered_model(name)
+    except MlflowException as exc:
+        if not _not_found(exc):
+            raise
+        mlflow_client.create_registered_model(
+            name, description="Anomaly detector registered by Pynomaly."
+        )
+    mv = mlflow_client.create_model_version(name, model_uri, run_id=run_id, tags=tags)
+    alias = CHALLENGER if CHAMPION in aliases_of(mlflow_client, name) else CHAMPION
+    mlflow_client.set_registered_model_alias(name, alias, mv.version)
+    return int(mv.version), alias
+
+
+def feature_columns(model: Any) -> list[str]:
+    """Input column names from a loaded pyfunc model's signature."""
+    schema = model.metadata.get_input_schema()
+    if schema is None:
+        raise InputError("the model has no input signature; log it with a signature")
+    return list(schema.input_names())
+
+
+def input_types(model: Any) -> dict[str, str]:
+    """Input column -> MLflow type name ("double", "string", ...)."""
+    schema = model.metadata.get_input_schema()
+    return {c.name: str(c.type) for c in schema.inputs}

@@ -1,0 +1,1 @@
+"""Plain pipeline functions (no Prefect import) and, in `tasks.steps`, their Prefect task wrappers."""

@@ -1,0 +1,141 @@
+"""The detector catalog (plain data) and the preprocessing + detector pipeline built from it."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import MinMaxScaler, OneHotEncoder, RobustScaler, StandardScaler
+
+from data_checks.errors import InputError
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """One catalog entry: where the class lives, its default parameters, whether it takes a seed."""
+
+    path: str
+    defaults: dict[str, Any] = field(default_factory=dict)
+    seeded: bool = False
+
+
+# name -> detector. All are PyOD detectors: fit(X) returns self, decision_function(X) is higher
+# for more anomalous rows.
+CATALOG: dict[str, DetectorSpec] = {
+    "iforest": DetectorSpec("pyod.models.iforest:IForest", {"n_estimators": 100}, seeded=True),
+    "ecod": DetectorSpec("pyod.models.ecod:ECOD"),
+    "copod": DetectorSpec("pyod.models.copod:COPOD"),
+    "hbos": DetectorSpec("pyod.models.hbos:HBOS", {"n_bins": 10}),
+    "knn": DetectorSpec("pyod.models.knn:KNN", {"n_neighbors": 5, "method": "largest"}),
+    "lof": DetectorSpec("pyod.models.lof:LOF", {"n_neighbors": 20}),
+    "ocsvm": DetectorSpec("pyod.models.ocsvm:OCSVM", {"kernel": "rbf", "nu": 0.5}),
+    "pca": DetectorSpec("pyod.models.pca:PCA", {}, seeded=True),
+    "cblof": DetectorSpec("pyod.models.cblof:CBLOF", {"n_clusters": 8}, seeded=True),
+    "loda": DetectorSpec("pyod.models.loda:LODA", {"n_bins": 10, "n_random_cuts": 100}),
+    "inne": DetectorSpec("pyod.models.inne:INNE", {"n_estimators": 200}, seeded=True),
+}
+
+SCALERS = {
+    "standard": StandardScaler,
+    "robust": RobustScaler,
+    "minmax": MinMaxScaler,
+}
+
+DEFAULT_DETECTOR = "iforest"
+
+
+def detector_class(name: str) -> type:
+    """The detector class behind a catalog name."""
+    if name not in CATALOG:
+        raise InputError(f"unknown detector {name!r}; choose one of: {', '.join(sorted(CATALOG))}")
+    module, cls = CATALOG[name].path.split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def make_detector(
+    name: str,
+    params: dict[str, Any] | None = None,
+    *,
+    contamination: float = 0.1,
+    random_state: int | None = 0,
+) -> Any:
+    """An unfitted detector with the catalog defaults overridden by `params`."""
+    spec = CATALOG.get(name)
+    cls = detector_class(name)
+    kwargs = {**spec.defaults, **(params or {}), "contamination": contamination}
+    if spec.seeded and random_state is not None:
+        kwargs["random_state"] = random_state
+    return cls(**kwargs)
+
+
+def split_columns(frame: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """Numeric and categorical feature columns of a frame."""
+    numeric = [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c])]
+    categorical = [c for c in frame.columns if c not in numeric]
+    return numeric, categorical
+
+
+def make_preprocessor(
+    numeric: list[str], categorical: list[str], scaler: str = "standard"
+) -> ColumnTransformer:
+    """Impute, scale numeric columns and one-hot encode categorical ones."""
+    steps: list[tuple[str, Any]] = [("impute", SimpleImputer(strategy="median"))]
+    if scaler != "none":
+        steps.append(("scale", SCALERS[scaler]()))
+    transformers: list[tuple[str, Any, list[str]]] = [("num", Pipeline(steps), numeric)]
+    if categorical:
+        transformers.append(
+            (
+                "cat",
+                Pipeline(
+                    [
+                        ("impute", SimpleImputer(strategy="most_frequent")),
+                        (
+                            "onehot",
+                            OneHotEncoder(
+                                handle_unknown="ignore", sparse_output=False, max_categories=20
+                            ),
+                        ),
+                    ]
+                ),
+                categorical,
+            )
+        )
+    return ColumnTransformer(transformers, sparse_threshold=0.0)
+
+
+def make_pipeline(
+    features: pd.DataFrame,
+    detector: str = DEFAULT_DETECTOR,
+    params: dict[str, Any] | None = None,
+    *,
+    scaler: str = "standard",
+    contamination: float = 0.1,
+    random_state: int | None = 0,
+) -> Pipeline:
+    """Preprocessing and detector in one scikit-learn Pipeline, unfitted."""
+    numeric, categorical = split_columns(features)
+    return Pipeline(
+        [
+            ("preprocess", make_preprocessor(numeric, categorical, scaler)),
+            (
+                "detector",
+                make_detector(
+                    detector, params, contamination=contamination, random_state=random_state
+                ),
+            ),
+        ]
+    )
+
+
+def calibrate_threshold(train_scores: np.ndarray, contamination: float) -> float:
+    """Raw-score threshold that flags the `contamination` share of the training rows."""
+    if not 0.0 < contamination < 0.5:
+        raise InputError(f"contamination must be between 0 and 0.5, got {contamination}")
+    return float(np.quantile(np.asarray(train_scores, dtype=float), 1.0 - contamination))

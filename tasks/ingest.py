@@ -1,0 +1,410 @@
+"""Read a source (CSV, Parquet, SQL table or query, s3:// object) in chunks, check it, snapshot it.
+
+A snapshot is the normalised table as Parquet under `datasets/<name>/<sha256>.parquet` with a
+manifest beside it. The hash is taken over the normalised content (column names, dtypes and
+every row), so the same content is the same version whatever the file it came from.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from data_checks.errors import InputError
+from tasks.store import ArtifactStore, s3_client, s3_error, split_s3_uri
+
+PARQUET_SUFFIXES = {".parquet", ".pq"}
+CSV_SUFFIXES = {".csv", ".txt", ".tsv"}
+OTHER_DELIMITERS = [";", "\t", "|"]
+# An object column whose values parse as numbers this often is a numeric column with bad text.
+NUMERIC_SHARE = 0.9
+
+
+@dataclass
+class Manifest:
+    """What a snapshot holds: written beside the Parquet file as JSON."""
+
+    dataset: str
+    sha256: str
+    rows: int
+    columns: dict[str, str]
+    source: str
+    snapshot_uri: str = ""
+    created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+def is_sql_url(source: str) -> bool:
+    """Whether a source is a SQLAlchemy URL (and not a file or s3:// object)."""
+    return bool(re.match(r"^[a-z][a-z0-9+]*://", source)) and not source.startswith(
+        ("s3://", "file://")
+    )
+
+
+def redact(url: str) -> str:
+    """A URL with its password hidden, fit for logs and error messages."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _csv_header(path: Path, delimiter: str) -> list[str]:
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        return next(csv.reader(fh, delimiter=delimiter), [])
+
+
+def _check_header(columns: list[str], where: str, delimiter: str | None) -> None:
+    names = [str(c).strip() for c in columns]
+    if delimiter is not None and len(names) == 1:
+        for other in OTHER_DELIMITERS:
+            if other != delimiter and other in names[0]:
+                shown = "\\t" if other == "\t" else other
+                raise InputError(
+                    f"{where}: one column {names[0][:40]!r} found; the file looks "
+                    f"'{shown}'-delimited (pass --delimiter '{shown}')"
+                )
+    if any(not n for n in names):
+        raise InputError(f"{where}: a column has an empty name")
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise InputError(f"{where}: duplicate column name {name!r}")
+        seen.add(name)
+
+
+def _read_csv(path: Path, chunk_rows: int, delimiter: str, where: str) -> Iterator[pd.DataFrame]:
+    if path.stat().st_size == 0:
+        raise InputError(f"{where}: file is empty")
+    header = _csv_header(path, delimiter)
+    if not header:
+        raise InputError(f"{where}: file is empty")
+    _check_header(header, where, delimiter)
+    try:
+        reader = pd.read_csv(
+            path, sep=delimiter, chunksize=chunk_rows, skipinitialspace=True, encoding="utf-8-sig"
+        )
+        yield from reader
+    except pd.errors.ParserError as exc:
+        raise InputError(f"{where}: cannot parse CSV: {str(exc).strip()}") from exc
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{where}: not UTF-8 text ({exc.reason})") from exc
+
+
+def _read_parquet(path: Path, chunk_rows: int, where: str) -> Iterator[pd.DataFrame]:
+    import pyarrow.parquet as pq
+
+    if path.stat().st_size == 0:
+        raise InputError(f"{where}: file is empty")
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as exc:
+        raise InputError(f"{where}: not a readable Parquet file ({exc})") from exc
+    _check_header(pf.schema_arrow.names, where, None)
+    empty = True
+    for batch in pf.iter_batches(batch_size=chunk_rows):
+        empty = False
+        yield batch.to_pandas()
+    if empty:
+        yield pf.schema_arrow.empty_table().to_pandas()
+
+
+def _read_sql(url: str, query: str | None, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    import sqlalchemy as sa
+    from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+
+    where = redact(url)
+    if not query:
+        raise InputError(f"{where}: a SQL source needs --query (a table name or a SELECT)")
+    statement = query if re.search(r"\s", query.strip()) else f'SELECT * FROM "{query.strip()}"'
+    try:
+        engine = sa.create_engine(url)
+    except (ArgumentError, NoSuchModuleError) as exc:
+        raise InputError(f"{where}: not a usable database URL ({exc})") from exc
+    try:
+        with engine.connect() as conn:
+            result = conn.execution_options(stream_results=True).execute(sa.text(statement))
+            columns = list(result.keys())
+            _check_header(columns, where, None)
+            empty = True
+            while rows := result.fetchmany(chunk_rows):
+                empty = False
+                yield pd.DataFrame.from_records(rows, columns=columns)
+            if empty:
+                yield pd.DataFrame(columns=columns)
+    except DBAPIError as exc:
+        first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        raise InputError(f"{where}: SQL error in {query!r}: {first}") from exc
+    finally:
+        engine.dispose()
+
+
+def read_chunks(
+    source: str,
+    *,
+    query: str | None = None,
+    chunk_rows: int = 50_000,
+    delimiter: str = ",",
+    s3_endpoint_url: str | None = None,
+) -> Iterator[pd.DataFrame]:
+    """Raw chunks of a source, in order; raises InputError naming the source on bad input."""
+    if is_sql_url(source):
+        yield from _read_sql(source, query, chunk_rows)
+        return
+    if source.startswith("s3://"):
+        bucket, key = split_s3_uri(source)
+        suffix = Path(key).suffix.lower()
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / f"object{suffix}"
+            try:
+                s3_client(s3_endpoint_url).download_file(bucket, key, str(local))
+            except Exception as exc:
+                raise s3_error(exc, source, s3_endpoint_url) from exc
+            yield from _read_file(local, source, chunk_rows, delimiter)
+        return
+    path = Path(source.removeprefix("file://")).expanduser()
+    if not path.exists():
+        raise InputError(f"{source}: file not found")
+    if path.is_dir():
+        raise InputError(f"{source}: is a folder, not a file")
+    yield from _read_file(path, source, chunk_rows, delimiter)
+
+
+def _read_file(path: Path, where: str, chunk_rows: int, delimiter: str) -> Iterator[pd.DataFrame]:
+    suffix = path.suffix.lower()
+    if suffix in PARQUET_SUFFIXES:
+        yield from _read_parquet(path, chunk_rows, where)
+    elif suffix in CSV_SUFFIXES or suffix == "":
+        yield from _read_csv(path, chunk_rows, "\t" if suffix == ".tsv" else delimiter, where)
+    else:
+        raise InputError(f"{where}: unsupported file type {suffix!r} (use .csv or .parquet)")
+
+
+# --------------------------------------------------------------------------- normalising
+
+
+def infer_schema(chunk: pd.DataFrame, where: str) -> dict[str, str]:
+    """Column -> "float64" (numeric) or "string" (categorical), decided on the first chunk."""
+    schema: dict[str, str] = {}
+    for col in chunk.columns:
+        values = chunk[col]
+        if pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
+            schema[col] = "float64"
+            continue
+        present = values.dropna()
+        if present.empty:
+            schema[col] = "float64"  # only empty cells so far; must be numbers if anything
+            continue
+        parsed = pd.to_numeric(present, errors="coerce")
+        share = float(parsed.notna().mean())
+        if share == 1.0:
+            schema[col] = "float64"
+        elif share >= NUMERIC_SHARE:
+            bad_pos = int(np.flatnonzero(parsed.isna().to_numpy())[0])
+            bad_row = present.index[bad_pos]
+            raise InputError(
+                f"{where}: column {col!r} is numeric but row {int(bad_row) + 1} holds "
+                f"{present.iloc[bad_pos]!r}"
+            )
+        else:
+            schema[col] = "string"
+    return schema
+
+
+def normalise_chunk(
+    chunk: pd.DataFrame, schema: dict[str, str], where: str, row_offset: int
+) -> pd.DataFrame:
+    """Cast a chunk to the schema; text in a numeric column or an infinity is an InputError."""
+    chunk = chunk.rename(columns=lambda c: str(c).strip())
+    if list(chunk.columns) != list(schema):
+        raise InputError(f"{where}: columns changed within the source at row {row_offset + 1}")
+    out: dict[str, Any] = {}
+    for col, kind in schema.items():
+        values = chunk[col]
+        if kind == "string":
+            out[col] = values.astype("string").astype(object).where(values.notna(), None)
+            continue
+        if pd.api.types.is_bool_dtype(values):
+            values = values.astype(float)
+        numbers = pd.to_numeric(values, errors="coerce").astype("float64")
+        bad = numbers.isna() & values.notna()
+        if bad.any():
+            pos = int(np.flatnonzero(bad.to_numpy())[0])
+            raise InputError(
+                f"{where}: column {col!r} is numeric but row {row_offset + pos + 1} holds "
+                f"{values.iloc[pos]!r}"
+            )
+        infinite = np.isinf(numbers.to_numpy())
+        if infinite.any():
+            pos = int(np.flatnonzero(infinite)[0])
+            raise InputError(
+                f"{where}: column {col!r} holds an infinite value at row {row_offset + pos + 1}"
+            )
+        out[col] = numbers
+    return pd.DataFrame(out, index=pd.RangeIndex(row_offset, row_offset + len(chunk)))
+
+
+def content_hash_update(hasher: Any, frame: pd.DataFrame) -> None:
+    """Feed a normalised chunk to the snapshot hash (independent of how rows are chunked)."""
+    row_hashes = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+    hasher.update(row_hashes.tobytes())
+
+
+def iter_normalised(
+    source: str,
+    *,
+    query: str | None = None,
+    chunk_rows: int = 50_000,
+    delimiter: str = ",",
+    s3_endpoint_url: str | None = None,
+) -> Iterator[tuple[pd.DataFrame, dict[str, str]]]:
+    """Normalised chunks of a source with its schema; every check that needs one chunk at a time."""
+    schema: dict[str, str] | None = None
+    offset = 0
+    for raw in read_chunks(
+        source,
+        query=query,
+        chunk_rows=chunk_rows,
+        delimiter=delimiter,
+        s3_endpoint_url=s3_endpoint_url,
+    ):
+        raw = raw.rename(columns=lambda c: str(c).strip())
+        if schema is None:
+            schema = infer_schema(raw, source)
+        chunk = normalise_chunk(raw, schema, source, offset)
+        offset += len(chunk)
+        yield chunk, schema
+
+
+# --------------------------------------------------------------------------- snapshot
+
+
+def snapshot_key(dataset: str, sha256: str, suffix: str = "parquet") -> str:
+    """Where a snapshot (or its manifest, suffix "json") lives in the artifact store."""
+    return f"datasets/{dataset}/{sha256}.{suffix}"
+
+
+def check_dataset_name(dataset: str) -> str:
+    """A dataset or model name that is safe as a folder name."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", dataset or ""):
+        raise InputError(
+            f"invalid name {dataset!r}: use letters, digits, '_', '-', '.' (at most 100)"
+        )
+    return dataset
+
+
+def snapshot_source(
+    source: str,
+    dataset: str,
+    store: ArtifactStore,
+    *,
+    query: str | None = None,
+    chunk_rows: int = 50_000,
+    delimiter: str = ",",
+) -> Manifest:
+    """Read, check and snapshot a source; the same content twice yields the same manifest hash."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    check_dataset_name(dataset)
+    hasher = hashlib.sha256()
+    rows = 0
+    schema: dict[str, str] = {}
+    non_null: dict[str, int] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / "snapshot.parquet"
+        writer = None
+        try:
+            for chunk, schema in iter_normalised(
+                source,
+                query=query,
+                chunk_rows=chunk_rows,
+                delimiter=delimiter,
+                s3_endpoint_url=store.endpoint_url,
+            ):
+                if writer is None:
+                    hasher.update(json.dumps(schema, sort_keys=False).encode())
+                    arrow_schema = pa.schema(
+                        [
+                            (c, pa.float64() if k == "float64" else pa.string())
+                            for c, k in schema.items()
+                        ]
+                    )
+                    writer = pq.ParquetWriter(local, arrow_schema)
+                content_hash_update(hasher, chunk)
+                writer.write_table(
+                    pa.Table.from_pandas(chunk, schema=arrow_schema, preserve_index=False)
+                )
+                rows += len(chunk)
+                for col in chunk.columns:
+                    non_null[col] = non_null.get(col, 0) + int(chunk[col].notna().sum())
+        finally:
+            if writer is not None:
+                writer.close()
+        if rows == 0:
+            raise InputError(f"{source}: has a header but no data rows")
+        empty = [c for c, n in non_null.items() if n == 0]
+        if empty:
+            raise InputError(f"{source}: column {empty[0]!r} has no values (all empty/NaN)")
+        sha = hasher.hexdigest()
+        manifest = Manifest(
+            dataset=dataset,
+            sha256=sha,
+            rows=rows,
+            columns=schema,
+            source=redact(source),
+            snapshot_uri=store.uri(snapshot_key(dataset, sha)),
+        )
+        if not store.exists(snapshot_key(dataset, sha, "json")):
+            store.put_file(snapshot_key(dataset, sha), local)
+            # The manifest goes last: its presence means the snapshot is complete.
+            store.put_bytes(snapshot_key(dataset, sha, "json"), manifest.to_json().encode())
+        else:
+            manifest = load_manifest(store, dataset, sha)
+    return manifest
+
+
+def load_manifest(store: ArtifactStore, dataset: str, sha256: str) -> Manifest:
+    """The manifest of a stored snapshot."""
+    data = json.loads(store.get_bytes(snapshot_key(dataset, sha256, "json")))
+    return Manifest(**data)
+
+
+def load_snapshot(store: ArtifactStore, manifest: Manifest) -> pd.DataFrame:
+    """A stored snapshot as a DataFrame."""
+    with tempfile.TemporaryDirectory() as tmp:
+        local = store.download(
+            snapshot_key(manifest.dataset, manifest.sha256), Path(tmp) / "s.parquet"
+        )
+        return pd.read_parquet(local)
+
+
+def iter_snapshot(
+    store: ArtifactStore, manifest: Manifest, chunk_rows: int
+) -> Iterator[pd.DataFrame]:
+    """A stored snapshot in chunks of `chunk_rows`, with a global row index."""
+    import pyarrow.parquet as pq
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = store.download(
+            snapshot_key(manifest.dataset, manifest.sha256), Path(tmp) / "s.parquet"
+        )
+        offset = 0
+        for batch in pq.ParquetFile(local).iter_batches(batch_size=chunk_rows):
+            frame = batch.to_pandas()
+            frame.index = pd.RangeIndex(offset, offset + len(frame))
+            offset += len(frame)
+            yield frame

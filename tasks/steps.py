@@ -1,0 +1,148 @@
+"""Prefect task wrappers over this package's plain functions: names, retries on I/O, caching.
+
+Only I/O is retried, and never bad input: a missing file stays missing on the second try.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from data_checks.errors import InputError
+from data_checks.suite import ValidationReport
+from tasks.ingest import Manifest, load_snapshot, snapshot_source
+from tasks.store import ArtifactStore
+from tasks.validate import validate_snapshot
+
+
+def retry_unless_bad_input(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry transient failures only."""
+    try:
+        state.result()
+    except InputError:
+        return False
+    except Exception:
+        return True
+    return False
+
+
+IO = {"retries": 2, "retry_delay_seconds": 2, "retry_condition_fn": retry_unless_bad_input}
+
+
+@task(name="load_source", cache_policy=NO_CACHE, **IO)
+def load_source(
+    source: str,
+    dataset: str,
+    store: ArtifactStore,
+    query: str | None = None,
+    delimiter: str = ",",
+    chunk_rows: int = 50_000,
+) -> Manifest:
+    """Read and check a source, snapshot it as Parquet under its content hash."""
+    return snapshot_source(
+        source, dataset, store, query=query, chunk_rows=chunk_rows, delimiter=delimiter
+    )
+
+
+@task(name="validate_snapshot", cache_policy=NO_CACHE)
+def validate_batch(
+    store: ArtifactStore,
+    manifest: Manifest,
+    suite_name: str | None = None,
+    optional_columns: list[str] | None = None,
+) -> ValidationReport:
+    """Validate a snapshot with its dataset's expectation suite; quarantine it on failure."""
+    frame = load_snapshot(store, manifest)
+    return validate_snapshot(
+        store, manifest, frame, suite_name=suite_name, optional_columns=optional_columns
+    )
+
+
+@task(name="fit_detector", cache_policy=NO_CACHE)
+def fit_detector(store: ArtifactStore, manifest: Manifest, **options: Any) -> Any:
+    """Fit preprocessing + detector on a snapshot and measure it on the labelled hold-out."""
+    from tasks.train import train_detector
+
+    return train_detector(load_snapshot(store, manifest), where=manifest.source, **options)
+
+
+@task(name="register_model", cache_policy=NO_CACHE)
+def register_model(tracking_uri: str, **options: Any) -> dict[str, Any]:
+    """Log the training run and register the model version (no retry: it is not idempotent)."""
+    from registry.model import DetectorModel
+    from registry.tracking import log_training
+    from registry.versions import client, register_version
+
+    result = options.pop("result")
+    name = options.pop("model_name")
+    tags = options.pop("tags")
+    model = DetectorModel(result.estimator, result.threshold, list(result.features.columns))
+    logged = log_training(
+        model=model,
+        features=result.features,
+        params={"detector": result.detector, **result.params, **options.pop("params")},
+        metrics=result.metrics,
+        figures=result.figures,
+        tags=tags,
+        **options,
+    )
+    version, alias = register_version(
+        client(tracking_uri), logged.model_uri, name, logged.run_id, tags
+    )
+    return {"model": name, "version": version, "alias": alias, "run_id": logged.run_id}
+
+
+@task(name="resolve_model", cache_policy=NO_CACHE, **IO)
+def resolve_model(
+    tracking_uri: str, model_name: str, alias: str | None, version: int | None
+) -> Any:
+    """The registered version behind NAME@ALIAS or a version number (champion by default)."""
+    from registry.versions import client, resolve_version
+
+    return resolve_version(client(tracking_uri), model_name, alias, version)
+
+
+@task(name="score_snapshot", cache_policy=NO_CACHE, **IO)
+def score_into_results(
+    store: ArtifactStore,
+    manifest: Manifest,
+    resolved: Any,
+    results_url: str,
+    batch_id: str,
+    chunk_rows: int,
+) -> dict[str, Any]:
+    """Score a snapshot with one model version into detection_results, replacing the batch."""
+    import mlflow.pyfunc
+
+    from registry.versions import input_types
+    from tasks.results import batch_counts, replace_batch, results_engine
+    from tasks.score import check_batch_columns, score_snapshot
+
+    model = mlflow.pyfunc.load_model(resolved.uri)
+    label = resolved.tags.get("label_column")
+    columns = check_batch_columns(manifest, input_types(model), ignore=[label] if label else [])
+    engine = results_engine(results_url)
+    try:
+        rows = replace_batch(
+            engine,
+            batch_id,
+            score_snapshot(model, store, manifest, columns, chunk_rows),
+            model_name=resolved.name,
+            model_version=resolved.version,
+            scored_at=datetime.now(UTC),
+        )
+        stored, anomalies = batch_counts(engine, batch_id)
+    finally:
+        engine.dispose()
+    return {
+        "model": resolved.name,
+        "version": resolved.version,
+        "alias": resolved.alias,
+        "batch_id": batch_id,
+        "rows_scored": rows,
+        "rows_stored": stored,
+        "anomalies": anomalies,
+    }

@@ -1,0 +1,189 @@
+"""Fit preprocessing + detector, calibrate the threshold, measure it, draw its plots."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from data_checks.errors import InputError
+from tasks.detectors import DEFAULT_DETECTOR, calibrate_threshold, make_pipeline
+
+DEFAULT_CONTAMINATION = 0.05
+HOLDOUT_SHARE = 0.3
+
+
+@dataclass
+class TrainResult:
+    """A fitted detector with its threshold, metrics and plots."""
+
+    estimator: Any
+    threshold: float
+    features: pd.DataFrame
+    detector: str
+    params: dict[str, Any]
+    metrics: dict[str, float]
+    figures: dict[str, Any] = field(default_factory=dict)
+    automl: Any = None  # the fitted AutoML search, when --detector auto
+
+
+def split_labels(
+    frame: pd.DataFrame, label_column: str | None, where: str = "dataset"
+) -> tuple[pd.DataFrame, pd.Series | None]:
+    """Features and 0/1 labels; the label column must hold only 0 and 1 and both values."""
+    if not label_column:
+        return frame, None
+    if label_column not in frame.columns:
+        raise InputError(f"{where}: label column {label_column!r} not found")
+    labels = frame[label_column]
+    if labels.isna().any():
+        row = int(np.flatnonzero(labels.isna().to_numpy())[0]) + 1
+        raise InputError(f"{where}: label column {label_column!r} is empty at row {row}")
+    bad = ~labels.isin([0, 1])
+    if bad.any():
+        raise InputError(
+            f"{where}: label column {label_column!r} must hold 0 or 1, "
+            f"found {labels[bad].iloc[0]!r}"
+        )
+    y = labels.astype(int)
+    if y.nunique() < 2 or y.sum() < 2:
+        raise InputError(
+            f"{where}: label column {label_column!r} needs at least 2 anomalies (1) and normals (0)"
+        )
+    return frame.drop(columns=[label_column]), y
+
+
+def label_metrics(y: np.ndarray, scores: np.ndarray, threshold: float, prefix: str = "") -> dict:
+    """ROC-AUC, average precision, and precision/recall/F1 at the threshold."""
+    from sklearn.metrics import (
+        average_precision_score,
+        f1_score,
+        precision_score,
+        recall_score,
+        roc_auc_score,
+    )
+
+    flagged = scores > threshold
+    return {
+        f"{prefix}roc_auc": float(roc_auc_score(y, scores)),
+        f"{prefix}average_precision": float(average_precision_score(y, scores)),
+        f"{prefix}precision": float(precision_score(y, flagged, zero_division=0)),
+        f"{prefix}recall": float(recall_score(y, flagged, zero_division=0)),
+        f"{prefix}f1": float(f1_score(y, flagged, zero_division=0)),
+    }
+
+
+def plot_scores(
+    scores: np.ndarray, threshold: float, y: np.ndarray | None = None
+) -> dict[str, Any]:
+    """Score histogram with the threshold; ROC and PR curves when labels exist."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import PrecisionRecallDisplay, RocCurveDisplay
+
+    figures: dict[str, Any] = {}
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if y is None:
+        ax.hist(scores, bins=50, color="#4c72b0")
+    else:
+        ax.hist(scores[y == 0], bins=50, alpha=0.7, label="normal", color="#4c72b0")
+        ax.hist(scores[y == 1], bins=50, alpha=0.7, label="anomaly", color="#dd8452")
+        ax.legend()
+    ax.axvline(threshold, color="red", linestyle="--", label="threshold")
+    ax.set(xlabel="anomaly score (raw)", ylabel="rows", title="Score distribution")
+    figures["score_histogram.png"] = fig
+    if y is not None:
+        fig, ax = plt.subplots(figsize=(5, 5))
+        RocCurveDisplay.from_predictions(y, scores, ax=ax)
+        figures["roc_curve.png"] = fig
+        fig, ax = plt.subplots(figsize=(5, 5))
+        PrecisionRecallDisplay.from_predictions(y, scores, ax=ax)
+        figures["pr_curve.png"] = fig
+    return figures
+
+
+def train_detector(
+    frame: pd.DataFrame,
+    *,
+    label_column: str | None = None,
+    detector: str = DEFAULT_DETECTOR,
+    params: dict[str, Any] | None = None,
+    contamination: float | None = None,
+    holdout_share: float = HOLDOUT_SHARE,
+    random_state: int = 0,
+    time_budget_s: float = 60.0,
+    n_trials: int | None = None,
+    n_workers: int = 1,
+    optuna_storage: str | None = None,
+    trial_callback: Any = None,
+    where: str = "dataset",
+) -> TrainResult:
+    """Fit on the rows (less a stratified labelled hold-out) and measure on the hold-out."""
+    from sklearn.model_selection import train_test_split
+
+    features, y = split_labels(frame, label_column, where)
+    if y is not None:
+        x_fit, x_hold, y_fit, y_hold = train_test_split(
+            features, y, test_size=holdout_share, stratify=y, random_state=random_state
+        )
+        contamination = contamination or float(y_fit.mean())
+    else:
+        x_fit, x_hold, y_fit, y_hold = features, None, None, None
+        contamination = contamination or DEFAULT_CONTAMINATION
+
+    started = time.perf_counter()
+    automl = None
+    if detector == "auto":
+        from tasks.automl import fit_best_detector
+
+        automl = fit_best_detector(
+            x_fit,
+            None if y_fit is None else y_fit.to_numpy(),
+            time_budget_s=time_budget_s,
+            n_trials=n_trials,
+            random_state=random_state,
+            storage=optuna_storage,
+            n_workers=n_workers,
+            contamination=contamination,
+            trial_callback=trial_callback,
+        )
+        estimator, chosen = automl, dict(automl.best_config_)
+    else:
+        estimator = make_pipeline(
+            x_fit, detector, params, contamination=contamination, random_state=random_state
+        )
+        estimator.fit(x_fit)
+        chosen = dict(params or {})
+    fit_seconds = time.perf_counter() - started
+
+    fit_scores = np.asarray(estimator.decision_function(x_fit), float)
+    threshold = calibrate_threshold(fit_scores, contamination)
+    metrics: dict[str, float] = {
+        "threshold": threshold,
+        "contamination": contamination,
+        "fit_rows": float(len(x_fit)),
+        "fit_seconds": fit_seconds,
+        "fit_flagged_share": float((fit_scores > threshold).mean()),
+    }
+    if y is not None:
+        hold_scores = np.asarray(estimator.decision_function(x_hold), float)
+        metrics.update(label_metrics(y_hold.to_numpy(), hold_scores, threshold))
+        metrics["holdout_rows"] = float(len(x_hold))
+        figures = plot_scores(hold_scores, threshold, y_hold.to_numpy())
+    else:
+        figures = plot_scores(fit_scores, threshold)
+    return TrainResult(
+        estimator=estimator,
+        threshold=threshold,
+        features=features,
+        detector=detector,
+        params=chosen,
+        metrics=metrics,
+        figures=figures,
+        automl=automl,
+    )

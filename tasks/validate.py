@@ -1,0 +1,59 @@
+"""Validate a snapshot against its dataset's suite; quarantine a failing batch with its report."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pandas as pd
+
+from data_checks.errors import ValidationFailed
+from data_checks.suite import ValidationReport, dumps_suite, generate_suite, run_suite, suite_key
+from tasks.ingest import Manifest, snapshot_key
+from tasks.store import ArtifactStore
+
+
+def load_suite(store: ArtifactStore, dataset: str) -> dict | None:
+    """The dataset's suite, or None before its first accepted snapshot."""
+    if not store.exists(suite_key(dataset)):
+        return None
+    return json.loads(store.get_bytes(suite_key(dataset)))
+
+
+def quarantine(store: ArtifactStore, manifest: Manifest, report: ValidationReport) -> str:
+    """Move a failing snapshot out of `datasets/` into `quarantine/<dataset>/<time>/`."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    folder = f"quarantine/{manifest.dataset}/{stamp}"
+    data = store.get_bytes(snapshot_key(manifest.dataset, manifest.sha256))
+    store.put_bytes(f"{folder}/batch.parquet", data)
+    store.put_bytes(f"{folder}/manifest.json", manifest.to_json().encode())
+    store.put_bytes(f"{folder}/report.json", json.dumps(report.to_dict(), indent=2).encode())
+    # Only now remove it from the datasets: the batch is never lost between the two.
+    store.delete(snapshot_key(manifest.dataset, manifest.sha256, "json"))
+    store.delete(snapshot_key(manifest.dataset, manifest.sha256))
+    return store.uri(folder)
+
+
+def validate_snapshot(
+    store: ArtifactStore,
+    manifest: Manifest,
+    frame: pd.DataFrame,
+    *,
+    suite_name: str | None = None,
+    optional_columns: list[str] | None = None,
+) -> ValidationReport:
+    """Run the suite (creating it from this snapshot if there is none); raise on failure."""
+    name = suite_name or manifest.dataset
+    suite = load_suite(store, name)
+    if suite is None:
+        suite = generate_suite(frame, name, optional_columns or [])
+        report = run_suite(frame, suite)
+        if report.success:
+            store.put_bytes(suite_key(name), dumps_suite(suite))
+            report.suite_created = True
+    else:
+        report = run_suite(frame, suite)
+    if not report.success:
+        where = quarantine(store, manifest, report)
+        raise ValidationFailed(f"{report.summary()}; batch quarantined at {where}", where)
+    return report
