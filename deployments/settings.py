@@ -32,6 +32,24 @@ class Settings(BaseSettings):
     )
     chunk_rows: int = Field(50_000, gt=0, description="Rows per chunk when reading and scoring.")
 
+    # Promotion gate, drift and retraining
+    gate_margin: float = Field(0.02, ge=0, description="Allowed drop of AP/ROC-AUC vs champion.")
+    drift_threshold: float = Field(
+        0.5, gt=0, le=1, description="Drifted-column share that retrains."
+    )
+    retrain_cooldown_hours: float = Field(6.0, ge=0, description="Hours between drift retrains.")
+    max_retrains_per_day: int = Field(2, ge=0, description="Cap on retrains per model per day.")
+
+    # Backups
+    backup_root: str | None = Field(
+        None, description="Backup store: a folder or s3://bucket/prefix."
+    )
+    backup_keep_last: int = Field(7, ge=1, description="Newest backups always kept.")
+    backup_keep_daily_days: int = Field(14, ge=0, description="Days with one backup kept per day.")
+    backup_keep_weekly_weeks: int = Field(
+        8, ge=0, description="Weeks with one backup kept per week."
+    )
+
     @property
     def home_dir(self) -> Path:
         return self.home.expanduser().resolve()
@@ -51,6 +69,10 @@ class Settings(BaseSettings):
     @property
     def prefect_home(self) -> Path:
         return self.home_dir / "prefect"
+
+    @property
+    def backup_store_root(self) -> str:
+        return self.backup_root or str(self.home_dir / "backups")
 
     def store(self) -> ArtifactStore:
         """The artifact store (snapshots, suites, quarantine, MLflow artifacts)."""
