@@ -1,0 +1,146 @@
+"""The real local services answer like the production ones the platform talks to."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from deployments import services
+
+pytestmark = pytest.mark.integration
+
+
+def test_postgres_round_trip(pg_url: str) -> None:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(pg_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("CREATE TABLE scores (batch text PRIMARY KEY, score float)"))
+            conn.execute(
+                sa.text("INSERT INTO scores VALUES (:b, :s)"),
+                [{"b": "a", "s": 0.5}, {"b": "b", "s": 1.5}],
+            )
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT batch, score FROM scores ORDER BY batch")).all()
+    finally:
+        engine.dispose()
+    assert [tuple(r) for r in rows] == [("a", 0.5), ("b", 1.5)]
+
+
+def test_each_pg_url_is_a_new_empty_database(pg_server: services.PostgresServer) -> None:
+    import sqlalchemy as sa
+
+    url = pg_server.create_database("fresh_db_check")
+    try:
+        engine = sa.create_engine(url)
+        with engine.connect() as conn:
+            tables = conn.execute(
+                sa.text("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+            ).scalar()
+        engine.dispose()
+        assert tables == 0
+    finally:
+        pg_server.drop_database("fresh_db_check")
+
+
+def test_s3_put_and_get(s3_endpoint: str, s3_bucket: str) -> None:
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    s3.put_object(Bucket=s3_bucket, Key="datasets/x.csv", Body=b"a,b\n1,2\n")
+    body = s3.get_object(Bucket=s3_bucket, Key="datasets/x.csv")["Body"].read()
+    assert body == b"a,b\n1,2\n"
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket)["Contents"]]
+    assert keys == ["datasets/x.csv"]
+
+
+def test_versioned_bucket(s3_endpoint: str) -> None:
+    import boto3
+
+    services.create_bucket(s3_endpoint, "versioned-check", "testing", "testing", versioned=True)
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    assert s3.get_bucket_versioning(Bucket="versioned-check")["Status"] == "Enabled"
+
+
+def test_mlflow_run_artifact_and_alias_without_client_s3_credentials(
+    mlflow_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow import MlflowClient
+
+    # The server proxies artifacts (--serve-artifacts): the client must need no S3 access.
+    for name in list(os.environ):
+        if name.startswith("AWS_") or name == "MLFLOW_S3_ENDPOINT_URL":
+            monkeypatch.delenv(name)
+    assert services.http_ok(f"{mlflow_server}/health")
+    client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
+    experiment_id = client.create_experiment("services-check")
+    run = client.create_run(experiment_id)
+    client.log_metric(run.info.run_id, "roc_auc", 0.91)
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "threshold.json").write_text(json.dumps({"threshold": 1.25}))
+    client.log_artifacts(run.info.run_id, str(model_dir), artifact_path="model")
+    client.set_terminated(run.info.run_id)
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:/")
+
+    back = Path(client.download_artifacts(run.info.run_id, "model", str(tmp_path / "back")))
+    assert json.loads((back / "threshold.json").read_text()) == {"threshold": 1.25}
+    assert client.get_run(run.info.run_id).data.metrics["roc_auc"] == 0.91
+
+    client.create_registered_model("services-check-model")
+    version = client.create_model_version(
+        "services-check-model", source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id
+    )
+    client.set_registered_model_alias("services-check-model", "champion", version.version)
+    champion = client.get_model_version_by_alias("services-check-model", "champion")
+    assert champion.version == version.version
+    assert champion.run_id == run.info.run_id
+
+
+FLOW_SCRIPT = """
+from prefect import flow, task
+
+@task
+def double(x: int) -> int:
+    return 2 * x
+
+@flow(name="services-check")
+def check() -> int:
+    return double(21)
+
+state = check(return_state=True)
+print("RESULT", state.result(), state.state_details.flow_run_id)
+"""
+
+
+def test_prefect_server_runs_a_flow(prefect_server: str, tmp_path: Path) -> None:
+    assert services.http_ok(f"{prefect_server}/health")
+    # A subprocess, so this session's own Prefect settings (test harness, profile) stay as they are.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env |= {
+        "PREFECT_API_URL": prefect_server,
+        "PREFECT_HOME": str(tmp_path / "prefect_home"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", FLOW_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT"))
+    _, result, flow_run_id = line.split()
+    assert result == "42"
+    with urllib.request.urlopen(f"{prefect_server}/flow_runs/{flow_run_id}", timeout=10) as r:
+        flow_run = json.load(r)
+    assert flow_run["state"]["type"] == "COMPLETED"
