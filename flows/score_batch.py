@@ -54,7 +54,13 @@ def score_batch(
             f"{result['anomalies']} anomalies. Validation: {report.summary()}"
         ),
     )
-    return {**result, "source": manifest.source, "validation": report.summary()}
+    share = result["anomalies"] / result["rows_scored"] if result["rows_scored"] else 0.0
+    return {
+        **result,
+        "metrics": {"anomaly_share": share},
+        "source": manifest.source,
+        "validation": report.summary(),
+    }
 
 
 if __name__ == "__main__":

@@ -27,7 +27,13 @@ def train_detector(
     random_state: int = 0,
 ) -> dict[str, Any]:
     """Train a detector on a source and register it: champion if first, challenger otherwise."""
-    from registry.tracking import code_version, ensure_experiment, start_run, trial_logger
+    from registry.tracking import (
+        code_version,
+        end_run,
+        ensure_experiment,
+        start_run,
+        trial_logger,
+    )
     from tasks.ingest import check_dataset_name
 
     settings = get_settings()
@@ -56,32 +62,39 @@ def train_detector(
     experiment_id = ensure_experiment(
         settings.experiment, settings.mlflow_tracking_uri, settings.artifact_store
     )
-    run_id = start_run(experiment_id, f"train-{model}", tags)
-    result = fit_detector(
-        store,
-        manifest,
-        label_column=label_column,
-        detector=detector,
-        contamination=contamination,
-        random_state=random_state,
-        time_budget_s=time_budget_s,
-        n_trials=n_trials,
-        n_workers=n_workers,
-        optuna_storage=settings.optuna_storage,
-        trial_callback=trial_logger(experiment_id, run_id) if detector == "auto" else None,
-    )
+    run_id = start_run(settings.mlflow_tracking_uri, experiment_id, f"train-{model}", tags)
+    try:
+        result = fit_detector(
+            store,
+            manifest,
+            label_column=label_column,
+            detector=detector,
+            contamination=contamination,
+            random_state=random_state,
+            time_budget_s=time_budget_s,
+            n_trials=n_trials,
+            n_workers=n_workers,
+            optuna_storage=settings.optuna_storage,
+            trial_callback=(
+                trial_logger(settings.mlflow_tracking_uri, experiment_id, run_id)
+                if detector == "auto"
+                else None
+            ),
+        )
+    except BaseException:
+        end_run(settings.mlflow_tracking_uri, run_id, "FAILED")
+        raise
 
     # Register
     tags["threshold"] = repr(result.threshold)
     registered = register_model(
         settings.mlflow_tracking_uri,
-        result=result,
-        model_name=model,
-        tags=tags,
+        experiment_id,
+        run_id,
+        model,
+        result,
         params={"label_column": label_column, "dataset": dataset, "rows": manifest.rows},
-        experiment_id=experiment_id,
-        run_name=f"train-{model}",
-        parent_run_id=run_id,
+        tags=tags,
     )
 
     metrics = {k: round(v, 6) for k, v in result.metrics.items()}

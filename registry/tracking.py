@@ -65,6 +65,7 @@ class LoggedModel:
 
 def log_training(
     *,
+    tracking_uri: str,
     experiment_id: str,
     run_name: str,
     model: DetectorModel,
@@ -80,10 +81,12 @@ def log_training(
     import mlflow
     from mlflow.models import infer_signature
 
+    mlflow.set_tracking_uri(tracking_uri)
     example = features.head(INPUT_EXAMPLE_ROWS)
     signature = infer_signature(example, model.predict(None, example))
+    resume = {"run_id": parent_run_id} if parent_run_id else {}
     with mlflow.start_run(
-        experiment_id=experiment_id, run_name=run_name, tags=tags, run_id=parent_run_id
+        experiment_id=experiment_id, run_name=run_name, tags=tags, **resume
     ) as run:
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
         mlflow.log_metrics(metrics)
@@ -101,18 +104,26 @@ def log_training(
     )
 
 
-def start_run(experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
+def start_run(tracking_uri: str, experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
     """Open a run that child runs (tuning trials) can hang under; log_training resumes it."""
     from mlflow import MlflowClient
 
-    return MlflowClient().create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+    run = MlflowClient(tracking_uri).create_run(experiment_id, run_name=run_name, tags=tags)
+    return run.info.run_id
 
 
-def trial_logger(experiment_id: str, parent_run_id: str) -> Any:
+def end_run(tracking_uri: str, run_id: str, status: str) -> None:
+    """Close a run opened by start_run that will not be resumed (e.g. training failed)."""
+    from mlflow import MlflowClient
+
+    MlflowClient(tracking_uri).set_terminated(run_id, status=status)
+
+
+def trial_logger(tracking_uri: str, experiment_id: str, parent_run_id: str) -> Any:
     """A callback logging each tuning trial (a dict) as an MLflow child run."""
     from mlflow import MlflowClient
 
-    mlflow_client = MlflowClient()
+    mlflow_client = MlflowClient(tracking_uri)
 
     def log_trial(trial: dict[str, Any]) -> None:
         run = mlflow_client.create_run(

@@ -25,12 +25,13 @@ class DetectorSpec:
     seeded: bool = False
 
 
-# name -> detector. All are PyOD detectors: fit(X) returns self, decision_function(X) is higher
-# for more anomalous rows.
+# name -> detector. All follow PyOD's contract: fit(X) returns self, decision_function(X) is
+# higher for more anomalous rows and depends on the training data only (ECOD and COPOD are
+# our inductive versions of PyOD's, see tasks/tail_detectors.py).
 CATALOG: dict[str, DetectorSpec] = {
     "iforest": DetectorSpec("pyod.models.iforest:IForest", {"n_estimators": 100}, seeded=True),
-    "ecod": DetectorSpec("pyod.models.ecod:ECOD"),
-    "copod": DetectorSpec("pyod.models.copod:COPOD"),
+    "ecod": DetectorSpec("tasks.tail_detectors:ECOD"),
+    "copod": DetectorSpec("tasks.tail_detectors:COPOD"),
     "hbos": DetectorSpec("pyod.models.hbos:HBOS", {"n_bins": 10}),
     "knn": DetectorSpec("pyod.models.knn:KNN", {"n_neighbors": 5, "method": "largest"}),
     "lof": DetectorSpec("pyod.models.lof:LOF", {"n_neighbors": 20}),

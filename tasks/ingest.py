@@ -254,7 +254,9 @@ def normalise_chunk(
                 f"{where}: column {col!r} holds an infinite value at row {row_offset + pos + 1}"
             )
         out[col] = numbers
-    return pd.DataFrame(out, index=pd.RangeIndex(row_offset, row_offset + len(chunk)))
+    frame = pd.DataFrame(out)
+    frame.index = pd.RangeIndex(row_offset, row_offset + len(chunk))  # global row numbers
+    return frame
 
 
 def content_hash_update(hasher: Any, frame: pd.DataFrame) -> None:

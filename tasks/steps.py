@@ -70,29 +70,37 @@ def fit_detector(store: ArtifactStore, manifest: Manifest, **options: Any) -> An
 
 
 @task(name="register_model", cache_policy=NO_CACHE)
-def register_model(tracking_uri: str, **options: Any) -> dict[str, Any]:
-    """Log the training run and register the model version (no retry: it is not idempotent)."""
+def register_model(
+    tracking_uri: str,
+    experiment_id: str,
+    run_id: str,
+    model_name: str,
+    result: Any,
+    params: dict[str, Any],
+    tags: dict[str, str],
+) -> dict[str, Any]:
+    """Log the model into the training run and register a version (not retried: not idempotent)."""
     from registry.model import DetectorModel
     from registry.tracking import log_training
     from registry.versions import client, register_version
 
-    result = options.pop("result")
-    name = options.pop("model_name")
-    tags = options.pop("tags")
     model = DetectorModel(result.estimator, result.threshold, list(result.features.columns))
     logged = log_training(
+        tracking_uri=tracking_uri,
+        experiment_id=experiment_id,
+        run_name=f"train-{model_name}",
         model=model,
         features=result.features,
-        params={"detector": result.detector, **result.params, **options.pop("params")},
+        params={"detector": result.detector, **result.params, **params},
         metrics=result.metrics,
         figures=result.figures,
         tags=tags,
-        **options,
+        parent_run_id=run_id,
     )
     version, alias = register_version(
-        client(tracking_uri), logged.model_uri, name, logged.run_id, tags
+        client(tracking_uri), logged.model_uri, model_name, logged.run_id, tags
     )
-    return {"model": name, "version": version, "alias": alias, "run_id": logged.run_id}
+    return {"model": model_name, "version": version, "alias": alias, "run_id": logged.run_id}
 
 
 @task(name="resolve_model", cache_policy=NO_CACHE, **IO)

@@ -46,7 +46,7 @@ def split_labels(
     if bad.any():
         raise InputError(
             f"{where}: label column {label_column!r} must hold 0 or 1, "
-            f"found {labels[bad].iloc[0]!r}"
+            f"found {labels[bad].iloc[0]}"
         )
     y = labels.astype(int)
     if y.nunique() < 2 or y.sum() < 2:

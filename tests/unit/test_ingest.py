@@ -1,0 +1,111 @@
+"""Ingest: every kind of bad input is one clear InputError and leaves the store untouched."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from data_checks.errors import InputError
+from tasks.ingest import load_snapshot, snapshot_source
+from tasks.store import ArtifactStore
+
+BAD_FILES = {
+    "empty.csv": ("", "file is empty"),
+    "header.csv": ("a,b\n", "header but no data rows"),
+    "semicolon.csv": ("a;b;c\n1;2;3\n", "looks ';'-delimited"),
+    "duplicate.csv": ("a,b,a\n1,2,3\n", "duplicate column name 'a'"),
+    "text.csv": (
+        "a,b\n" + "".join(f"{i},{i}\n" for i in range(20)) + "20,abc\n",
+        "'b' is numeric but row 21 holds 'abc'",
+    ),
+    "allnan.csv": ("a,b\n1,\n2,\n3,\n", "column 'b' has no values"),
+    "infinite.csv": ("a,b\n1,2\n2,inf\n", "'b' holds an infinite value at row 2"),
+}
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ArtifactStore:
+    return ArtifactStore(str(tmp_path / "store"))
+
+
+@pytest.mark.parametrize("name", sorted(BAD_FILES))
+def test_bad_file_is_one_clear_error_and_writes_nothing(
+    name: str, tmp_path: Path, store: ArtifactStore
+) -> None:
+    content, expected = BAD_FILES[name]
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(InputError) as caught:
+        snapshot_source(str(path), "d", store)
+    message = str(caught.value)
+    assert expected in message
+    assert str(path) in message
+    assert "\n" not in message
+    assert store.list() == []
+
+
+def test_missing_file(tmp_path: Path, store: ArtifactStore) -> None:
+    with pytest.raises(InputError, match="missing.csv: file not found"):
+        snapshot_source(str(tmp_path / "missing.csv"), "d", store)
+
+
+def test_text_in_later_chunk_names_the_row(tmp_path: Path, store: ArtifactStore) -> None:
+    path = tmp_path / "late.csv"
+    path.write_text("a,b\n" + "".join(f"{i},{i}\n" for i in range(10)) + "10,oops\n")
+    with pytest.raises(InputError, match="'b' is numeric but row 11 holds 'oops'"):
+        snapshot_source(str(path), "d", store, chunk_rows=4)
+
+
+def test_same_content_is_same_version_whatever_the_file(
+    tmp_path: Path, store: ArtifactStore
+) -> None:
+    frame = pd.DataFrame({"x": np.arange(30, dtype=float), "c": ["a", "b", "c"] * 10})
+    frame.to_csv(tmp_path / "a.csv", index=False)
+    frame.to_parquet(tmp_path / "a.parquet", index=False)
+    first = snapshot_source(str(tmp_path / "a.csv"), "d", store)
+    chunked = snapshot_source(str(tmp_path / "a.csv"), "d", store, chunk_rows=7)
+    parquet = snapshot_source(str(tmp_path / "a.parquet"), "d", store)
+    assert first.sha256 == chunked.sha256 == parquet.sha256
+    assert first.rows == 30 and first.columns == {"x": "float64", "c": "string"}
+    assert len(store.list("datasets/d")) == 2  # one Parquet file + its manifest
+    pd.testing.assert_frame_equal(load_snapshot(store, first), frame)
+
+
+def test_changed_content_is_a_new_version(tmp_path: Path, store: ArtifactStore) -> None:
+    (tmp_path / "a.csv").write_text("x\n1\n2\n")
+    (tmp_path / "b.csv").write_text("x\n1\n3\n")
+    a = snapshot_source(str(tmp_path / "a.csv"), "d", store)
+    b = snapshot_source(str(tmp_path / "b.csv"), "d", store)
+    assert a.sha256 != b.sha256
+
+
+def test_sql_table_query_and_syntax_error(tmp_path: Path, store: ArtifactStore) -> None:
+    db = tmp_path / "src.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE readings (x REAL, kind TEXT)")
+        conn.executemany("INSERT INTO readings VALUES (?, ?)", [(i, "ab"[i % 2]) for i in range(9)])
+    url = f"sqlite:///{db}"
+    by_table = snapshot_source(url, "d", store, query="readings", chunk_rows=4)
+    by_query = snapshot_source(url, "d", store, query="SELECT x, kind FROM readings")
+    assert by_table.rows == 9 and by_table.sha256 == by_query.sha256
+    with pytest.raises(InputError, match=r"SQL error in 'SELEC x FROM readings'.*syntax error"):
+        snapshot_source(url, "e", store, query="SELEC x FROM readings")
+    assert store.list("datasets/e") == []
+
+
+def test_unreachable_s3_endpoint(store: ArtifactStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    unreachable = ArtifactStore(store.root, endpoint_url="http://127.0.0.1:9")
+    with pytest.raises(InputError, match="cannot reach S3 endpoint http://127.0.0.1:9"):
+        snapshot_source("s3://bucket/data.csv", "d", unreachable)
+
+
+def test_invalid_dataset_name(tmp_path: Path, store: ArtifactStore) -> None:
+    (tmp_path / "a.csv").write_text("x\n1\n")
+    with pytest.raises(InputError, match="invalid name '../x'"):
+        snapshot_source(str(tmp_path / "a.csv"), "../x", store)
