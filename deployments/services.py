@@ -41,6 +41,9 @@ def free_port(preferred: int | None = None) -> int:
     """A TCP port on 127.0.0.1 that is free now; `preferred` when it still is."""
     if preferred:
         with socket.socket() as s:
+            # Servers bind with SO_REUSEADDR, so a port whose old connections sit in TIME_WAIT
+            # is free for them; probe the same way, else a restart would never get its port back.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind((HOST, preferred))
                 return preferred
@@ -72,15 +75,15 @@ def _proc_table() -> list[tuple[int, str, int, int]]:
     return rows
 
 
-def group_pids(pgid: int) -> list[int]:
-    """Live (not zombie) processes of a process group and their descendants.
+def group_pids(pgid: int, descendants: bool = True) -> list[int]:
+    """Live (not zombie) processes of a process group and, by default, their descendants.
 
     Descendants count too because some servers move children into groups of their own
     (PostgreSQL's backends call setsid()).
     """
     table = [row for row in _proc_table() if row[1] not in "ZX"]
     found = {pid for pid, _, _, group in table if group == pgid}
-    grew = True
+    grew = descendants
     while grew:
         more = {pid for pid, _, ppid, _ in table if ppid in found and pid not in found}
         found |= more
@@ -97,19 +100,42 @@ def pid_alive(pid: int) -> bool:
     return stat[stat.rfind(")") + 2 :].split()[0] not in "ZX"
 
 
-def stop_group(pgid: int, timeout: float = 15.0, proc: subprocess.Popen | None = None) -> None:
+def start_time(pid: int) -> int | None:
+    """Kernel start time of a process (clock ticks since boot), to tell a reused PID apart."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat[stat.rfind(")") + 2 :].split()[19])
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (mode 0600), whatever the umask."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    path.chmod(0o600)
+
+
+def stop_group(
+    pgid: int,
+    timeout: float = 15.0,
+    proc: subprocess.Popen | None = None,
+    descendants: bool = True,
+) -> None:
     """SIGTERM a process group, SIGKILL what is left after `timeout`, then verify it is gone."""
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-        if not group_pids(pgid):
+        if not group_pids(pgid, descendants):
             break
-        for pid in group_pids(pgid):
+        for pid in group_pids(pgid, descendants):
             # Signal each process: descendants may sit in process groups of their own.
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
         deadline = time.monotonic() + wait
-        while group_pids(pgid) and time.monotonic() < deadline:
+        while group_pids(pgid, descendants) and time.monotonic() < deadline:
             time.sleep(0.1)
     if proc is not None:
         # Reap our own child so it does not linger as a zombie in long test sessions.
@@ -117,7 +143,7 @@ def stop_group(pgid: int, timeout: float = 15.0, proc: subprocess.Popen | None =
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             pass
-    left = group_pids(pgid)
+    left = group_pids(pgid, descendants)
     if left:
         raise ServiceError(f"process group {pgid} still has processes {left} after SIGKILL")
 
@@ -330,6 +356,7 @@ def start_postgres(
     the superuser needs `password` (scram-sha-256); on first use a new one is generated, and
     an existing cluster needs the password it was created with.
     """
+    started = time.monotonic()
     base_dir = Path(base_dir).resolve()
     data_dir = base_dir / "data"
     log_path = base_dir / "postgres.log"
@@ -400,7 +427,8 @@ def start_postgres(
         return True
 
     handle.url = handle.database_url()
-    handle.startup_seconds = _wait_until("PostgreSQL", healthy, proc, log_path, timeout)
+    _wait_until("PostgreSQL", healthy, proc, log_path, timeout)
+    handle.startup_seconds = time.monotonic() - started  # initdb included
     return handle
 
 
@@ -528,12 +556,14 @@ def start_mlflow(
     ]
     if auth:
         ini = base_dir / "mlflow_auth.ini"
-        ini.write_text(
+        # Private: the user-store URI in it carries the database password.
+        write_private(
+            ini,
             "[mlflow]\n"
             "default_permission = READ\n"
             f"database_uri = {auth.database_uri}\n"
             f"admin_username = {auth.admin_username}\n"
-            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n",
         )
         env |= {
             "MLFLOW_AUTH_CONFIG_PATH": str(ini),
@@ -633,6 +663,14 @@ def create_work_pool(api_url: str, name: str, auth_string: str | None = None) ->
         raise ServiceError(f"creating work pool {name!r} failed: HTTP {status} {body}")
 
 
+@dataclass
+class PrefectWorker(ServiceHandle):
+    """A Prefect worker process; `worker_name` is how the server knows it."""
+
+    pool: str = ""
+    worker_name: str = ""
+
+
 def start_prefect_worker(
     base_dir: Path,
     api_url: str,
@@ -641,7 +679,7 @@ def start_prefect_worker(
     extra_env: Mapping[str, str] | None = None,
     query_seconds: float | None = None,
     timeout: float = 120.0,
-) -> ServiceHandle:
+) -> PrefectWorker:
     """Start `prefect worker start --type process` on `pool`; healthy once it heartbeats.
 
     The worker polls for work every 10 s by default; `query_seconds` lowers that.
@@ -671,7 +709,9 @@ def start_prefect_worker(
         name,
     ]
     proc = _spawn(cmd, log_path, env=env, cwd=base_dir)
-    handle = ServiceHandle("prefect-worker", proc.pid, 0, api_url, log_path, proc=proc)
+    handle = PrefectWorker(
+        "prefect-worker", proc.pid, 0, api_url, log_path, proc=proc, pool=pool, worker_name=name
+    )
     handle.startup_seconds = _wait_until(
         "Prefect worker",
         lambda: name in worker_names(api_url, pool, auth_string),

@@ -144,3 +144,101 @@ def test_prefect_server_runs_a_flow(prefect_server: str, tmp_path: Path) -> None
     with urllib.request.urlopen(f"{prefect_server}/flow_runs/{flow_run_id}", timeout=10) as r:
         flow_run = json.load(r)
     assert flow_run["state"]["type"] == "COMPLETED"
+
+
+def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Run `python -m deployments.services_cli ...` as a separate process, like a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "deployments.services_cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def _get_status(url: str, auth: tuple[str, str] | None = None) -> int:
+    import base64
+    import urllib.error
+
+    headers = {}
+    if auth:
+        headers["Authorization"] = "Basic " + base64.b64encode(":".join(auth).encode()).decode()
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def test_services_cli_up_status_down() -> None:
+    import shutil
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="pynomaly-cli-", dir="/tmp"))
+    root.chmod(0o711)  # the `postgres` user must be able to enter it
+    folder = root / "services"
+    # A clean environment: nothing configured, so `up` starts every service itself.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PYNOMALY_", "PREFECT_", "MLFLOW_", "AWS_"))
+    }
+    env["PYNOMALY_HOME"] = str(root / "home")
+    names = ["postgres", "s3", "mlflow", "prefect", "prefect-worker"]
+    try:
+        up = _cli(["up", "--dir", str(folder), "--json"], env)
+        assert up.returncode == 0, up.stdout + up.stderr
+        report = json.loads(up.stdout)
+        assert {n: report["services"][n]["status"] for n in names} == dict.fromkeys(
+            names, "started"
+        )
+
+        assert (folder / "secrets.env").stat().st_mode & 0o777 == 0o600
+        assert (folder / "pynomaly.env").stat().st_mode & 0o777 == 0o600
+        client = dict(
+            line.removeprefix("export ").split("=", 1)
+            for line in (folder / "pynomaly.env").read_text().splitlines()
+            if line.startswith("export ")
+        )
+        assert client["PYNOMALY_RESULTS_DB_URL"].startswith("postgresql+psycopg2://")
+        assert client["PYNOMALY_ARTIFACT_ROOT"] == "s3://pynomaly/artifacts"
+
+        status = _cli(["status", "--dir", str(folder), "--json"], env)
+        assert status.returncode == 0, status.stdout + status.stderr
+        health = json.loads(status.stdout)
+        assert health["healthy"] is True
+        assert all(health["services"][n]["healthy"] for n in names)
+
+        # Auth is on: MLflow wants the admin login, Prefect the auth string.
+        mlflow_url = client["PYNOMALY_TRACKING_URI"]
+        search = f"{mlflow_url}/api/2.0/mlflow/experiments/search?max_results=1"
+        login = (client["MLFLOW_TRACKING_USERNAME"], client["MLFLOW_TRACKING_PASSWORD"])
+        assert _get_status(search) == 401
+        assert _get_status(search, login) == 200
+        prefect_url = client["PREFECT_API_URL"]
+        assert _get_status(f"{prefect_url}/work_pools/pynomaly-process") == 401
+        prefect_login = tuple(client["PREFECT_API_AUTH_STRING"].split(":", 1))
+        assert _get_status(f"{prefect_url}/work_pools/pynomaly-process", prefect_login) == 200
+
+        pids = {n: health["services"][n]["pid"] for n in names}
+        down = _cli(["down", "--dir", str(folder), "--json"], env)
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert json.loads(down.stdout) == {
+            "dir": str(folder),
+            "stopped": names[::-1],
+            "remaining": {},
+        }
+        assert {n: services.group_pids(p) for n, p in pids.items()} == dict.fromkeys(names, [])
+
+        # Secrets stay in the 0600 files: none of them was printed.
+        printed = up.stdout + up.stderr + status.stdout + down.stdout
+        secret_values = [
+            line.split("=", 1)[1]
+            for line in (folder / "secrets.env").read_text().splitlines()
+            if "=" in line and not line.startswith("#")
+        ]
+        assert secret_values and not [s for s in secret_values if s in printed]
+    finally:
+        _cli(["down", "--dir", str(folder)], env)
+        shutil.rmtree(root, ignore_errors=True)
