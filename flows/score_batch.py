@@ -8,7 +8,13 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from deployments.settings import get_settings
-from tasks.steps import load_source, resolve_model, score_into_results, validate_batch
+from tasks.steps import (
+    check_batch_schema,
+    load_source,
+    resolve_model,
+    score_into_results,
+    validate_batch,
+)
 
 
 @flow(name="score-batch", log_prints=True)
@@ -32,7 +38,8 @@ def score_batch(
     # Ingest: the batch is snapshotted like any data; its hash is the default batch id
     manifest = load_source(source, f"{name}-batches", store, query, delimiter, settings.chunk_rows)
 
-    # Validate against the suite of the data the model was trained on
+    # Validate: the model's signature first, then the suite of the data it was trained on
+    columns = check_batch_schema(manifest, resolved)
     label = resolved.tags.get("label_column") or None
     report = validate_batch(
         store,
@@ -44,7 +51,7 @@ def score_batch(
     # Score: delete + insert of the batch in one transaction
     batch = batch_id or manifest.sha256[:16]
     result = score_into_results(
-        store, manifest, resolved, settings.results_url, batch, settings.chunk_rows
+        store, manifest, resolved, columns, settings.results_url, batch, settings.chunk_rows
     )
     create_markdown_artifact(
         key="score-summary",

@@ -113,11 +113,27 @@ def resolve_model(
     return resolve_version(client(tracking_uri), model_name, alias, version)
 
 
+@task(name="check_batch_schema", cache_policy=NO_CACHE, **IO)
+def check_batch_schema(manifest: Manifest, resolved: Any) -> list[str]:
+    """The model's input columns, after checking the batch against the model's signature."""
+    from mlflow.models import get_model_info
+
+    from tasks.score import check_batch_columns
+
+    signature = get_model_info(resolved.uri).signature
+    if signature is None or signature.inputs is None:
+        raise InputError(f"model {resolved.name!r} v{resolved.version} has no input signature")
+    expected = {c.name: str(c.type) for c in signature.inputs.inputs}
+    label = resolved.tags.get("label_column")
+    return check_batch_columns(manifest, expected, ignore=[label] if label else [])
+
+
 @task(name="score_snapshot", cache_policy=NO_CACHE, **IO)
 def score_into_results(
     store: ArtifactStore,
     manifest: Manifest,
     resolved: Any,
+    columns: list[str],
     results_url: str,
     batch_id: str,
     chunk_rows: int,
@@ -125,13 +141,10 @@ def score_into_results(
     """Score a snapshot with one model version into detection_results, replacing the batch."""
     import mlflow.pyfunc
 
-    from registry.versions import input_types
     from tasks.results import batch_counts, replace_batch, results_engine
-    from tasks.score import check_batch_columns, score_snapshot
+    from tasks.score import score_snapshot
 
     model = mlflow.pyfunc.load_model(resolved.uri)
-    label = resolved.tags.get("label_column")
-    columns = check_batch_columns(manifest, input_types(model), ignore=[label] if label else [])
     engine = results_engine(results_url)
     try:
         rows = replace_batch(
