@@ -1,0 +1,1208 @@
+"""Back up and restore the whole platform state, with a sha256 manifest and verified restores.
+
+A backup is a folder `<id>/` in the backup store (a local folder or s3://bucket/prefix):
+
+    manifest.json          what is inside: files + sha256, counts, versions, sources
+    manifest.sha256        the sha256 of manifest.json (a damaged manifest is caught too)
+    mlflow.sqlite.gz | mlflow.pgdump      MLflow backend store (SQLite copy or pg_dump -Fc)
+    results.*, optuna.*, prefect.*        the other databases, when the platform has them
+    expectations.tar.gz    the expectation suites
+    artifacts.tar.gz | artifacts-listing.json.gz   the artifact store: a copy, or for a
+                           versioned S3 bucket a listing of key, size, ETag and version id
+    champions.json.gz      per champion: sample input rows and the scores it gave
+
+Consistency across stores comes from the order things are taken in: each later part is a
+superset of what the earlier parts refer to (results -> MLflow -> artifacts), and counts are
+read from the very snapshot that is dumped (the SQLite copy, or pg_dump's exported snapshot).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import sqlite3
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from data_checks.errors import InputError
+from tasks.store import ArtifactStore, s3_client, s3_error, split_s3_uri
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+MANIFEST_SUM = "manifest.sha256"
+CHAMPIONS = "champions.json.gz"
+EXPECTATIONS = "expectations.tar.gz"
+ARTIFACTS_COPY = "artifacts.tar.gz"
+ARTIFACTS_LISTING = "artifacts-listing.json.gz"
+ID_TIME_FORMAT = "%Y%m%dT%H%M%SZ"
+SAMPLE_ROWS = 5
+GZIP_LEVEL = 6
+# A backup folder without a manifest this old is a failed run, not one still being written.
+INCOMPLETE_GRACE = timedelta(days=1)
+DB_ROLES = ("results", "optuna", "mlflow", "prefect")  # dump order: referrers before referees
+
+COUNT_QUERIES: dict[str, dict[str, tuple[str, str]]] = {
+    # role -> count name -> (table, SQL)
+    "mlflow": {
+        "experiments": ("experiments", "SELECT count(*) FROM experiments"),
+        "runs": ("runs", "SELECT count(*) FROM runs"),
+        "registered_models": ("registered_models", "SELECT count(*) FROM registered_models"),
+        "model_versions": ("model_versions", "SELECT count(*) FROM model_versions"),
+        "aliases": ("registered_model_aliases", "SELECT count(*) FROM registered_model_aliases"),
+    },
+    "results": {
+        "detection_rows": ("detection_results", "SELECT count(*) FROM detection_results"),
+        "detection_batches": (
+            "detection_results",
+            "SELECT count(DISTINCT batch_id) FROM detection_results",
+        ),
+    },
+    "optuna": {
+        "optuna_studies": ("studies", "SELECT count(*) FROM studies"),
+        "optuna_trials": ("trials", "SELECT count(*) FROM trials"),
+    },
+    "prefect": {"prefect_flow_runs": ("flow_run", "SELECT count(*) FROM flow_run")},
+}
+# Columns of the MLflow DB that hold artifact locations (rewritten when a drill restores the
+# artifacts into a scratch folder, so the drill loads the backed-up files, not the live ones).
+ARTIFACT_COLUMNS = [
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("model_versions", "source"),
+    ("model_versions", "storage_location"),
+    ("logged_models", "artifact_location"),
+]
+
+
+# Sources -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Database:
+    """One database the platform keeps state in: a SQLite file or a PostgreSQL database."""
+
+    role: str
+    url: str
+
+    @property
+    def kind(self) -> str:
+        backend = sa.make_url(self.url).get_backend_name()
+        if backend not in {"sqlite", "postgresql"}:
+            raise InputError(f"{self.role} database: backups support SQLite and PostgreSQL only")
+        return backend
+
+    @property
+    def sqlite_path(self) -> Path:
+        name = sa.make_url(self.url).database
+        if not name or name == ":memory:":
+            raise InputError(f"{self.role} database: an in-memory SQLite DB cannot be backed up")
+        return Path(name)
+
+    @property
+    def display(self) -> str:
+        """The URL with its password masked (safe for manifests and logs)."""
+        return sa.make_url(self.url).render_as_string(hide_password=True)
+
+    def exists(self) -> bool:
+        """Whether the database is there (a dropped one is restored by creating it)."""
+        if self.kind == "sqlite":
+            return self.sqlite_path.exists()
+        name = sa.make_url(self.url).database
+        with _pg_maintenance(self.url) as conn:
+            found = conn.execute(
+                sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}
+            ).first()
+        return found is not None
+
+
+@dataclass(frozen=True)
+class PlatformState:
+    """Everywhere the platform keeps state; backups read it and restores write it."""
+
+    mlflow: Database
+    results: Database
+    artifacts: ArtifactStore
+    optuna: Database | None = None
+    prefect: Database | None = None
+
+    def databases(self) -> dict[str, Database]:
+        """role -> database, in dump order."""
+        found = {"results": self.results, "optuna": self.optuna, "mlflow": self.mlflow}
+        found["prefect"] = self.prefect
+        return {role: found[role] for role in DB_ROLES if found[role] is not None}
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow.url
+
+
+def platform_state(settings: Any) -> PlatformState:
+    """The platform's state as the settings describe it."""
+    tracking = settings.mlflow_tracking_uri
+    if tracking.startswith(("http://", "https://", "databricks")):
+        raise InputError(
+            f"the MLflow tracking URI {tracking} is a server: backups read its database, so set "
+            "PYNOMALY_TRACKING_URI to the backend store's database URL where backups run"
+        )
+    return PlatformState(
+        mlflow=Database("mlflow", tracking),
+        results=Database("results", settings.results_url),
+        artifacts=settings.store(),
+        optuna=Database("optuna", settings.optuna_storage) if settings.optuna_storage else None,
+        prefect=prefect_database(Path(settings.prefect_home)),
+    )
+
+
+def prefect_database(prefect_home: Path) -> Database | None:
+    """The embedded Prefect SQLite DB under prefect_home, unless a Prefect server holds the DB."""
+    if os.environ.get("PREFECT_API_URL"):
+        return None  # a Prefect server owns its database; back it up where it runs
+    path = prefect_home / "prefect.db"
+    configured = os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL")
+    if configured and Path(sa.make_url(configured).database or "") != path:
+        return None
+    return Database("prefect", f"sqlite:///{path}")
+
+
+# Backup store --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BackupStore(ArtifactStore):
+    """The backup store: an ArtifactStore whose S3 objects are encrypted at rest (SSE-S3)."""
+
+    def put_file(self, key: str, path: Path) -> str:
+        """Store a file; on S3 with ServerSideEncryption=AES256."""
+        if not self.is_s3:
+            return super().put_file(key, path)
+        target = self.uri(key)
+        bucket, k = split_s3_uri(target)
+        try:
+            s3_client(self.endpoint_url).upload_file(
+                str(path), bucket, k, ExtraArgs={"ServerSideEncryption": "AES256"}
+            )
+        except Exception as exc:
+            raise s3_error(exc, target, self.endpoint_url) from exc
+        return target
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Remove every key under a prefix; the number removed."""
+        keys = self.list(prefix)
+        if not self.is_s3:
+            for key in keys:
+                Path(self.uri(key)).unlink(missing_ok=True)
+            folder = Path(self.uri(prefix))
+            if folder.is_dir():
+                shutil.rmtree(folder, ignore_errors=True)
+            return len(keys)
+        bucket, root_key = split_s3_uri(self.root.rstrip("/") + "/")
+        client = s3_client(self.endpoint_url)
+        for start in range(0, len(keys), 1000):
+            batch = [{"Key": root_key + k} for k in keys[start : start + 1000]]
+            try:
+                client.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+            except Exception as exc:
+                raise s3_error(exc, self.uri(prefix), self.endpoint_url) from exc
+        return len(keys)
+
+
+def backup_store(root: str, endpoint_url: str | None = None) -> BackupStore:
+    """The backup store at a folder or s3://bucket/prefix."""
+    return BackupStore(root, endpoint_url)
+
+
+# Ids and retention ---------------------------------------------------------------------------
+
+
+def new_backup_id(now: datetime | None = None) -> str:
+    """`20260101T020000Z-1a2b`: sortable by time, unique when two start in the same second."""
+    now = (now or datetime.now(UTC)).astimezone(UTC)
+    return f"{now.strftime(ID_TIME_FORMAT)}-{secrets.token_hex(2)}"
+
+
+def backup_time(backup_id: str) -> datetime:
+    """The UTC time a backup id was made at."""
+    try:
+        return datetime.strptime(backup_id.split("-")[0], ID_TIME_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        raise InputError(
+            f"{backup_id!r} is not a backup id (expected e.g. 20260101T020000Z-1a2b)"
+        ) from None
+
+
+def select_retained(
+    times: dict[str, datetime],
+    now: datetime,
+    keep_last: int,
+    keep_daily_days: int,
+    keep_weekly_weeks: int,
+) -> set[str]:
+    """Ids to keep: the newest `keep_last`, plus the newest of each of the last
+    `keep_daily_days` UTC calendar days and of each of the last `keep_weekly_weeks` ISO weeks
+    (today and this week count as the first). Everything else may be pruned.
+    """
+    newest_first = sorted(times, key=lambda i: (times[i], i), reverse=True)
+    keep = set(newest_first[: max(keep_last, 0)])
+    today = now.astimezone(UTC).date()
+    days = {today - timedelta(days=k) for k in range(keep_daily_days)}
+    weeks = {_iso_week(today - timedelta(weeks=k)) for k in range(keep_weekly_weeks)}
+    seen_days: set[date] = set()
+    seen_weeks: set[tuple[int, int]] = set()
+    for backup_id in newest_first:
+        day = times[backup_id].astimezone(UTC).date()
+        if day in days and day not in seen_days:
+            seen_days.add(day)
+            keep.add(backup_id)
+        week = _iso_week(day)
+        if week in weeks and week not in seen_weeks:
+            seen_weeks.add(week)
+            keep.add(backup_id)
+    return keep
+
+
+def _iso_week(day: date) -> tuple[int, int]:
+    year, week, _ = day.isocalendar()
+    return year, week
+
+
+# Files ---------------------------------------------------------------------------------------
+
+
+def sha256_of(path: Path) -> str:
+    """Hex sha256 of a file."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def gzip_file(src: Path, dest: Path) -> Path:
+    """Compress a file."""
+    with open(src, "rb") as fin, gzip.open(dest, "wb", compresslevel=GZIP_LEVEL) as fout:
+        shutil.copyfileobj(fin, fout, 1 << 20)
+    return dest
+
+
+def gunzip_file(src: Path, dest: Path) -> Path:
+    """Decompress a file."""
+    with gzip.open(src, "rb") as fin, open(dest, "wb") as fout:
+        shutil.copyfileobj(fin, fout, 1 << 20)
+    return dest
+
+
+def write_json_gz(path: Path, data: Any) -> Path:
+    """JSON, gzip-compressed; floats keep their exact repr."""
+    with gzip.open(path, "wt", compresslevel=GZIP_LEVEL, encoding="utf-8") as fh:
+        json.dump(data, fh)
+    return path
+
+
+def read_json_gz(path: Path) -> Any:
+    """Read what write_json_gz wrote."""
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+# Databases -----------------------------------------------------------------------------------
+
+
+def pg_tool(name: str) -> str:
+    """Path of pg_dump/pg_restore: $PYNOMALY_PG_BIN, the newest installed PostgreSQL, or PATH."""
+    folder = os.environ.get("PYNOMALY_PG_BIN")
+    candidates = [Path(folder) / name] if folder else []
+    installed = Path("/usr/lib/postgresql")
+    if installed.is_dir():
+        versions = sorted(
+            (p for p in installed.iterdir() if p.name.isdigit()),
+            key=lambda p: int(p.name),
+            reverse=True,
+        )
+        candidates += [p / "bin" / name for p in versions]
+    for candidate in candidates:
+        if candidate.exists():
+            return str(candidate)
+    found = shutil.which(name)
+    if not found:
+        raise InputError(f"{name} not found: install the PostgreSQL client or set PYNOMALY_PG_BIN")
+    return found
+
+
+def _libpq(url: str) -> tuple[str, dict[str, str]]:
+    """A libpq URI without the password, and an environment carrying it (never on argv)."""
+    parsed = sa.make_url(url)
+    env = dict(os.environ)
+    if parsed.password:
+        env["PGPASSWORD"] = str(parsed.password)
+    plain = parsed.set(drivername="postgresql", password=None)
+    return plain.render_as_string(hide_password=False), env
+
+
+def _run_pg(cmd: list[str], env: dict[str, str], what: str) -> None:
+    """Run pg_dump/pg_restore; failure -> RuntimeError with their stderr (no password in it)."""
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        raise RuntimeError(f"{what} failed: {result.stderr.strip()[-2000:]}")
+
+
+@contextmanager
+def _pg_maintenance(url: str) -> Iterator[sa.Connection]:
+    """An autocommit connection to the server's `postgres` database (CREATE/DROP DATABASE)."""
+    engine = sa.create_engine(
+        sa.make_url(url).set(database="postgres"),
+        isolation_level="AUTOCOMMIT",
+        poolclass=sa.NullPool,
+    )
+    try:
+        with engine.connect() as conn:
+            yield conn
+    finally:
+        engine.dispose()
+
+
+def create_pg_database(url: str) -> None:
+    """Create the database of a URL if it is missing."""
+    name = sa.make_url(url).database
+    with _pg_maintenance(url) as conn:
+        if conn.execute(
+            sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}
+        ).first():
+            return
+        quoted = conn.dialect.identifier_preparer.quote(name)
+        conn.execute(sa.text(f"CREATE DATABASE {quoted}"))
+
+
+def drop_pg_database(url: str) -> None:
+    """Drop the database of a URL, closing its connections."""
+    name = sa.make_url(url).database
+    with _pg_maintenance(url) as conn:
+        quoted = conn.dialect.identifier_preparer.quote(name)
+        conn.execute(sa.text(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
+
+
+def count_state(conn: sa.Connection, role: str) -> dict[str, int]:
+    """The manifest counts one database holds (a missing table counts 0)."""
+    inspector = sa.inspect(conn)
+    counts = {}
+    for name, (table, sql) in COUNT_QUERIES.get(role, {}).items():
+        counts[name] = int(conn.execute(sa.text(sql)).scalar()) if inspector.has_table(table) else 0
+    return counts
+
+
+def mlflow_facts(conn: sa.Connection) -> dict[str, Any]:
+    """Alembic revision and champion (model, version) pairs of an MLflow DB."""
+    inspector = sa.inspect(conn)
+    revision = None
+    if inspector.has_table("alembic_version"):
+        revision = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+    champions = []
+    if inspector.has_table("registered_model_aliases"):
+        rows = conn.execute(
+            sa.text(
+                "SELECT name, version FROM registered_model_aliases WHERE alias = 'champion' "
+                "ORDER BY name"
+            )
+        )
+        champions = [{"model": r[0], "version": int(r[1])} for r in rows]
+    return {"alembic_revision": revision, "champions": champions}
+
+
+def dump_database(db: Database, folder: Path) -> dict[str, Any]:
+    """Dump one database into `folder`; counts (and MLflow facts) read from the same snapshot."""
+    if not db.exists():
+        return {"absent": True, "kind": db.kind, "url": db.display}
+    if db.kind == "sqlite":
+        copy = folder / f"{db.role}.sqlite"
+        src = sqlite3.connect(f"file:{db.sqlite_path}?mode=ro", uri=True, timeout=60)
+        dst = sqlite3.connect(copy)
+        try:
+            src.backup(dst)  # one step: a consistent snapshot even while writers are busy
+        finally:
+            dst.close()
+            src.close()
+        engine = sa.create_engine(f"sqlite:///{copy}", poolclass=sa.NullPool)
+        with engine.connect() as conn:
+            facts = _facts(conn, db.role)
+        engine.dispose()
+        file = gzip_file(copy, folder / f"{db.role}.sqlite.gz")
+        copy.unlink()
+    else:
+        file = folder / f"{db.role}.pgdump"
+        conninfo, env = _libpq(db.url)
+        engine = sa.create_engine(db.url, poolclass=sa.NullPool)
+        try:
+            with engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
+                # pg_dump reads the snapshot this transaction exported, so the counts below
+                # describe exactly the rows in the dump.
+                snapshot = conn.execute(sa.text("SELECT pg_export_snapshot()")).scalar()
+                _run_pg(
+                    [pg_tool("pg_dump"), "-Fc", "-Z", str(GZIP_LEVEL), f"--snapshot={snapshot}"]
+                    + ["-f", str(file), "-d", conninfo],
+                    env,
+                    f"pg_dump of the {db.role} database",
+                )
+                facts = _facts(conn, db.role)
+        finally:
+            engine.dispose()
+    return {"kind": db.kind, "url": db.display, "file": file.name, **facts}
+
+
+def _facts(conn: sa.Connection, role: str) -> dict[str, Any]:
+    facts: dict[str, Any] = {"counts": count_state(conn, role)}
+    if role == "mlflow":
+        facts.update(mlflow_facts(conn))
+    return facts
+
+
+def restore_database(db: Database, file: Path, kind: str) -> None:
+    """Overwrite a database with a dump made by dump_database."""
+    if kind != db.kind:
+        raise InputError(
+            f"the backup holds a {kind} {db.role} database but the platform uses {db.kind}"
+        )
+    if db.kind == "sqlite":
+        target = db.sqlite_path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.restore.")
+        os.close(fd)
+        try:
+            gunzip_file(file, Path(tmp))
+            src = sqlite3.connect(tmp)
+            dst = sqlite3.connect(target, timeout=60)
+            try:
+                # Through SQLite rather than a file copy: open readers and WAL files stay valid.
+                src.backup(dst)
+            finally:
+                dst.close()
+                src.close()
+        finally:
+            os.unlink(tmp)
+        return
+    create_pg_database(db.url)
+    conninfo, env = _libpq(db.url)
+    _run_pg(
+        [pg_tool("pg_restore"), "--clean", "--if-exists", "--no-owner", "--no-privileges"]
+        + ["--single-transaction", "--exit-on-error", "-d", conninfo, str(file)],
+        env,
+        f"pg_restore of the {db.role} database",
+    )
+
+
+def read_counts(db: Database) -> dict[str, Any]:
+    """Counts (and MLflow facts) of a live database."""
+    engine = sa.create_engine(db.url, poolclass=sa.NullPool)
+    try:
+        with engine.connect() as conn:
+            return _facts(conn, db.role)
+    finally:
+        engine.dispose()
+
+
+def mlflow_head_revision() -> str:
+    """The newest MLflow schema revision this installation knows."""
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    return _get_latest_schema_revision()
+
+
+def known_mlflow_revisions() -> set[str]:
+    """Every MLflow schema revision this installation can migrate from."""
+    from alembic.script import ScriptDirectory
+    from mlflow.store.db.utils import _get_alembic_config
+
+    script = ScriptDirectory.from_config(_get_alembic_config(db_url=""))
+    return {rev.revision for rev in script.walk_revisions()}
+
+
+def upgrade_mlflow_schema(url: str) -> None:
+    """What `mlflow db upgrade URL` does, in-process so the URL's password stays off argv."""
+    from mlflow.store.db.utils import _upgrade_db, create_sqlalchemy_engine_with_retry
+
+    engine = create_sqlalchemy_engine_with_retry(url)
+    try:
+        _upgrade_db(engine)
+    finally:
+        engine.dispose()
+
+
+# Artifacts -----------------------------------------------------------------------------------
+
+
+def artifact_root_uri(store: ArtifactStore) -> str:
+    """The artifact root as MLflow records it (file:///abs/path or s3://bucket/prefix)."""
+    if store.is_s3:
+        return store.root.rstrip("/")
+    return Path(store.root).resolve().as_uri()
+
+
+def s3_objects(store: ArtifactStore) -> dict[str, int]:
+    """key (relative to the root) -> size of every object in an S3 store."""
+    bucket, root_key = split_s3_uri(store.root.rstrip("/") + "/")
+    found: dict[str, int] = {}
+    try:
+        pages = s3_client(store.endpoint_url).get_paginator("list_objects_v2")
+        for page in pages.paginate(Bucket=bucket, Prefix=root_key):
+            for obj in page.get("Contents", []):
+                found[obj["Key"][len(root_key) :]] = int(obj["Size"])
+    except Exception as exc:
+        raise s3_error(exc, store.root, store.endpoint_url) from exc
+    return found
+
+
+def store_objects(store: ArtifactStore) -> dict[str, int]:
+    """key -> size of every file in a store (local folder or S3)."""
+    if store.is_s3:
+        return s3_objects(store)
+    base = Path(store.root)
+    if not base.exists():
+        return {}
+    return {str(p.relative_to(base)): p.stat().st_size for p in base.rglob("*") if p.is_file()}
+
+
+def bucket_versioned(store: ArtifactStore) -> bool:
+    """Whether the S3 bucket under a store keeps object versions."""
+    bucket, _ = split_s3_uri(store.root)
+    try:
+        status = s3_client(store.endpoint_url).get_bucket_versioning(Bucket=bucket)
+    except Exception as exc:
+        raise s3_error(exc, store.root, store.endpoint_url) from exc
+    return status.get("Status") == "Enabled"
+
+
+def pack_store(store: ArtifactStore, dest: Path, prefix: str = "") -> dict[str, int]:
+    """A tar.gz of every file under a prefix of a store; key -> size of what went in."""
+    packed: dict[str, int] = {}
+    with tarfile.open(dest, "w:gz", compresslevel=GZIP_LEVEL) as tar:
+        if not store.is_s3:
+            base = Path(store.root)
+            start = base / prefix
+            files = sorted(p for p in start.rglob("*") if p.is_file()) if start.exists() else []
+            for path in files:
+                key = str(path.relative_to(base))
+                try:
+                    tar.add(path, arcname=key, recursive=False)
+                except FileNotFoundError:
+                    continue  # removed while we walked (e.g. a temp file renamed into place)
+                packed[key] = tar.getmember(key).size
+        else:
+            bucket, root_key = split_s3_uri(store.root.rstrip("/") + "/")
+            client = s3_client(store.endpoint_url)
+            for key, size in sorted(s3_objects(store).items()):
+                if not key.startswith(prefix):
+                    continue
+                try:
+                    body = client.get_object(Bucket=bucket, Key=root_key + key)["Body"]
+                except Exception as exc:
+                    raise s3_error(exc, store.uri(key), store.endpoint_url) from exc
+                info = tarfile.TarInfo(key)
+                info.size = size
+                info.mtime = int(time.time())
+                tar.addfile(info, body)  # streamed: no local copy of the bucket
+                packed[key] = size
+    return packed
+
+
+def list_versions(store: ArtifactStore) -> list[dict[str, Any]]:
+    """Current key, size, ETag and version id of every object in a versioned S3 store."""
+    bucket, root_key = split_s3_uri(store.root.rstrip("/") + "/")
+    listing = []
+    try:
+        pages = s3_client(store.endpoint_url).get_paginator("list_object_versions")
+        for page in pages.paginate(Bucket=bucket, Prefix=root_key):
+            for v in page.get("Versions", []):
+                if v.get("IsLatest"):
+                    listing.append(
+                        {
+                            "key": v["Key"][len(root_key) :],
+                            "size": int(v["Size"]),
+                            "etag": v["ETag"].strip('"'),
+                            "version_id": v["VersionId"],
+                        }
+                    )
+    except Exception as exc:
+        raise s3_error(exc, store.root, store.endpoint_url) from exc
+    return sorted(listing, key=lambda o: o["key"])
+
+
+def unpack_into(store: ArtifactStore, archive: Path) -> dict[str, int]:
+    """Write every file of a tar.gz into a store; key -> size written."""
+    written: dict[str, int] = {}
+    with tarfile.open(archive, "r:gz") as tar:
+        if not store.is_s3:
+            base = Path(store.root)
+            base.mkdir(parents=True, exist_ok=True)
+            members = [m for m in tar.getmembers() if m.isfile()]
+            tar.extractall(base, members=members, filter="data")  # no paths out of the root
+            return {m.name: m.size for m in members}
+        for member in tar:
+            if not member.isfile():
+                continue
+            fh = tar.extractfile(member)
+            with tempfile.NamedTemporaryFile() as tmp:
+                shutil.copyfileobj(fh, tmp)
+                tmp.flush()
+                store.put_file(member.name, Path(tmp.name))
+            written[member.name] = member.size
+    return written
+
+
+def restore_versions(store: ArtifactStore, listing: list[dict[str, Any]]) -> int:
+    """Make each listed version the current object again where it is not; copies made."""
+    bucket, root_key = split_s3_uri(store.root.rstrip("/") + "/")
+    client = s3_client(store.endpoint_url)
+    current = {o["key"]: o["version_id"] for o in list_versions(store)}
+    copied = 0
+    for obj in listing:
+        if current.get(obj["key"]) == obj["version_id"]:
+            continue
+        key = root_key + obj["key"]
+        try:
+            client.copy_object(
+                Bucket=bucket,
+                Key=key,
+                CopySource={"Bucket": bucket, "Key": key, "VersionId": obj["version_id"]},
+            )
+        except Exception as exc:
+            raise s3_error(exc, store.uri(obj["key"]), store.endpoint_url) from exc
+        copied += 1
+    return copied
+
+
+def download_versions(store: ArtifactStore, listing: list[dict[str, Any]], folder: Path) -> None:
+    """Fetch each listed version into a local folder (a drill's scratch copy)."""
+    bucket, root_key = split_s3_uri(store.root.rstrip("/") + "/")
+    client = s3_client(store.endpoint_url)
+    for obj in listing:
+        path = folder / obj["key"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            body = client.get_object(
+                Bucket=bucket, Key=root_key + obj["key"], VersionId=obj["version_id"]
+            )["Body"]
+        except Exception as exc:
+            raise s3_error(exc, store.uri(obj["key"]), store.endpoint_url) from exc
+        with open(path, "wb") as fh:
+            shutil.copyfileobj(body, fh)
+
+
+# Champions -----------------------------------------------------------------------------------
+
+
+@contextmanager
+def mlflow_uris(tracking_uri: str) -> Iterator[None]:
+    """Point MLflow's process-wide tracking and registry URIs somewhere, then back."""
+    import mlflow
+
+    before_tracking, before_registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before_tracking)
+        mlflow.set_registry_uri(before_registry)
+
+
+def _load_version(name: str, version: int, folder: Path) -> tuple[Any, str]:
+    """A model version loaded from a local download, and that download's path."""
+    import mlflow
+
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=f"models:/{name}/{version}", dst_path=str(folder)
+    )
+    return mlflow.pyfunc.load_model(local), local
+
+
+def _scores(model: Any, frame: Any) -> list[float]:
+    import numpy as np
+    import pandas as pd
+
+    out = model.predict(frame)
+    if isinstance(out, pd.DataFrame) and "score" in out.columns:
+        out = out["score"]
+    return [float(v) for v in np.asarray(out, dtype=float).ravel()]
+
+
+def _frame(sample: dict[str, Any]) -> Any:
+    import pandas as pd
+
+    frame = pd.DataFrame(sample["data"], columns=sample["columns"])
+    return frame.astype(sample["dtypes"])
+
+
+def record_champion_samples(
+    tracking_uri: str, champions: list[dict[str, Any]], rows: int = SAMPLE_ROWS
+) -> list[dict[str, Any]]:
+    """Per champion: its input example's first rows and the scores the model gives them."""
+    from mlflow.models import Model
+
+    samples = []
+    with mlflow_uris(tracking_uri), tempfile.TemporaryDirectory() as tmp:
+        for i, champ in enumerate(champions):
+            model, local = _load_version(champ["model"], champ["version"], Path(tmp) / str(i))
+            example = Model.load(local).load_input_example(local)
+            if example is None:
+                samples.append({**champ, "sample": None, "reason": "no input example logged"})
+                continue
+            example = example.head(rows)
+            # Score the rows as they come back from JSON, exactly as the check will later
+            # (JSON keeps every float's repr, so nothing is rounded on the way).
+            sample = json.loads(
+                json.dumps(
+                    {
+                        "columns": [str(c) for c in example.columns],
+                        "dtypes": {str(c): str(t) for c, t in example.dtypes.items()},
+                        "data": example.to_numpy().tolist(),
+                    }
+                )
+            )
+            samples.append({**champ, "sample": sample, "scores": _scores(model, _frame(sample))})
+    return samples
+
+
+def check_champion_samples(tracking_uri: str, samples: list[dict[str, Any]]) -> list[str]:
+    """Problems found re-scoring each recorded sample with the restored champion."""
+    problems = []
+    with mlflow_uris(tracking_uri), tempfile.TemporaryDirectory() as tmp:
+        for i, rec in enumerate(samples):
+            label = f"{rec['model']} v{rec['version']}"
+            if rec.get("sample") is None:
+                continue
+            try:
+                model, _ = _load_version(rec["model"], rec["version"], Path(tmp) / str(i))
+            except Exception as exc:
+                problems.append(f"champion {label} does not load: {type(exc).__name__}: {exc}")
+                continue
+            got = _scores(model, _frame(rec["sample"]))
+            if got != rec["scores"]:
+                problems.append(
+                    f"champion {label} scores {got} where the backup recorded {rec['scores']}"
+                )
+    return problems
+
+
+# Create --------------------------------------------------------------------------------------
+
+
+def create_backup(
+    state: PlatformState,
+    store: BackupStore,
+    *,
+    kind: str = "manual",
+    artifacts_mode: str = "auto",
+    record_champions: bool = True,
+    now: datetime | None = None,
+    work_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Take a backup of the whole platform state into the backup store; its manifest."""
+    from importlib import metadata
+
+    import mlflow
+
+    started = time.perf_counter()
+    backup_id = new_backup_id(now)
+    if artifacts_mode not in {"auto", "copy", "listing"}:
+        raise InputError(f"artifacts mode {artifacts_mode!r}: choose auto, copy or listing")
+    staging = Path(tempfile.mkdtemp(prefix=f"pynomaly-backup-{backup_id}-", dir=work_dir))
+    try:
+        databases = {role: dump_database(db, staging) for role, db in state.databases().items()}
+        suites = pack_store(state.artifacts, staging / EXPECTATIONS, prefix="expectations/")
+
+        # Artifacts last: a superset of what the MLflow dump refers to.
+        mode = artifacts_mode
+        if mode == "auto":
+            mode = (
+                "listing" if state.artifacts.is_s3 and bucket_versioned(state.artifacts) else "copy"
+            )
+        if mode == "listing":
+            if not state.artifacts.is_s3 or not bucket_versioned(state.artifacts):
+                raise InputError("artifacts mode 'listing' needs a versioned S3 bucket")
+            listing = list_versions(state.artifacts)
+            write_json_gz(staging / ARTIFACTS_LISTING, listing)
+            artifact_files = {o["key"]: o["size"] for o in listing}
+        else:
+            artifact_files = pack_store(state.artifacts, staging / ARTIFACTS_COPY)
+
+        mlflow_db = databases.get("mlflow", {})
+        champions = mlflow_db.get("champions", [])
+        if record_champions and champions:
+            samples = record_champion_samples(state.tracking_uri, champions)
+            write_json_gz(staging / CHAMPIONS, samples)
+
+        counts: dict[str, int] = {}
+        for info in databases.values():
+            counts.update(info.pop("counts", {}))
+        counts["artifacts"] = len(artifact_files)
+        counts["expectation_suites"] = len(suites)
+        files = {
+            p.name: {"sha256": sha256_of(p), "bytes": p.stat().st_size}
+            for p in sorted(staging.iterdir())
+        }
+        manifest = {
+            "format": FORMAT_VERSION,
+            "id": backup_id,
+            "kind": kind,
+            "created_at": backup_time(backup_id).isoformat(),
+            "platform": {
+                "pynomaly": metadata.version("pynomaly"),
+                "mlflow": mlflow.__version__,
+            },
+            "schema": {"mlflow_alembic_revision": mlflow_db.get("alembic_revision")},
+            "databases": databases,
+            "artifacts": {
+                "mode": mode,
+                "root_uri": artifact_root_uri(state.artifacts),
+                "bytes": sum(artifact_files.values()),
+            },
+            "counts": counts,
+            "champions": [{k: c[k] for k in ("model", "version")} for c in champions]
+            if record_champions
+            else [],
+            "files": files,
+        }
+        # Data first, the manifest last: a backup without manifest.json is incomplete.
+        for name in files:
+            store.put_file(f"{backup_id}/{name}", staging / name)
+        manifest["seconds"] = round(time.perf_counter() - started, 2)
+        body = json.dumps(manifest, indent=2, sort_keys=True).encode()
+        store.put_bytes(f"{backup_id}/{MANIFEST_SUM}", hashlib.sha256(body).hexdigest().encode())
+        store.put_bytes(f"{backup_id}/{MANIFEST}", body)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    manifest["size_bytes"] = sum(f["bytes"] for f in manifest["files"].values())
+    return manifest
+
+
+# List, verify, prune -------------------------------------------------------------------------
+
+
+def _ids(store: BackupStore) -> dict[str, set[str]]:
+    """backup id -> names of the files stored under it."""
+    found: dict[str, set[str]] = {}
+    for key in store.list():
+        backup_id, _, name = key.partition("/")
+        if name and "/" not in name:
+            found.setdefault(backup_id, set()).add(name)
+    return {i: names for i, names in found.items() if _is_id(i)}
+
+
+def _is_id(text: str) -> bool:
+    try:
+        backup_time(text)
+    except InputError:
+        return False
+    return True
+
+
+def read_manifest(store: BackupStore, backup_id: str) -> dict[str, Any]:
+    """A backup's manifest, after checking it against its sha256."""
+    key = f"{backup_id}/{MANIFEST}"
+    if not store.exists(key):
+        raise InputError(f"backup {backup_id} not found in {store.root} (or it is incomplete)")
+    body = store.get_bytes(key)
+    expected = store.get_bytes(f"{backup_id}/{MANIFEST_SUM}").decode().strip()
+    if hashlib.sha256(body).hexdigest() != expected:
+        raise InputError(f"backup {backup_id}: {MANIFEST} does not match {MANIFEST_SUM}")
+    return json.loads(body)
+
+
+def list_backups(store: BackupStore) -> list[dict[str, Any]]:
+    """Complete backups, newest first, with their summary."""
+    rows = []
+    for backup_id, names in sorted(_ids(store).items(), reverse=True):
+        if MANIFEST not in names:
+            continue
+        manifest = json.loads(store.get_bytes(f"{backup_id}/{MANIFEST}"))
+        rows.append(
+            {
+                "id": backup_id,
+                "created_at": manifest["created_at"],
+                "kind": manifest.get("kind"),
+                "size_bytes": sum(f["bytes"] for f in manifest["files"].values()),
+                "counts": manifest["counts"],
+            }
+        )
+    return rows
+
+
+def resolve_backup_id(store: BackupStore, backup_id: str) -> str:
+    """`latest` -> the newest complete backup's id; other ids as given."""
+    if backup_id != "latest":
+        backup_time(backup_id)
+        return backup_id
+    complete = sorted(i for i, names in _ids(store).items() if MANIFEST in names)
+    if not complete:
+        raise InputError(f"no backups in {store.root}")
+    return complete[-1]
+
+
+def verify_backup(store: BackupStore, backup_id: str, folder: Path) -> dict[str, Any]:
+    """Fetch a backup into `folder` and check every file's sha256; its manifest.
+
+    Any missing, truncated or altered file is an InputError naming it.
+    """
+    manifest = read_manifest(store, backup_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, expected in sorted(manifest["files"].items()):
+        key = f"{backup_id}/{name}"
+        if not store.exists(key):
+            raise InputError(f"backup {backup_id}: {name} is missing")
+        path = store.download(key, folder / name)
+        size, digest = path.stat().st_size, sha256_of(path)
+        if digest != expected["sha256"]:
+            raise InputError(
+                f"backup {backup_id}: {name} is corrupted (sha256 {digest[:12]}…, expected "
+                f"{expected['sha256'][:12]}…; {size} bytes, expected {expected['bytes']})"
+            )
+    return manifest
+
+
+def prune_backups(
+    store: BackupStore,
+    *,
+    keep_last: int,
+    keep_daily_days: int,
+    keep_weekly_weeks: int,
+    now: datetime | None = None,
+    dry_run: bool = False,
+) -> dict[str, list[str]]:
+    """Delete the backups retention does not keep (and failed, incomplete ones)."""
+    now = now or datetime.now(UTC)
+    found = _ids(store)
+    complete = {i: backup_time(i) for i, names in found.items() if MANIFEST in names}
+    keep = select_retained(complete, now, keep_last, keep_daily_days, keep_weekly_weeks)
+    stale = [
+        i
+        for i, names in found.items()
+        if MANIFEST not in names and now - backup_time(i) > INCOMPLETE_GRACE
+    ]
+    delete = sorted(set(complete) - keep) + sorted(stale)
+    if not dry_run:
+        for backup_id in delete:
+            store.delete_prefix(f"{backup_id}/")
+    return {"kept": sorted(keep, reverse=True), "deleted": delete}
+
+
+# Restore -------------------------------------------------------------------------------------
+
+
+def check_restored(state: PlatformState, manifest: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """Compare the restored state with the manifest: counts, artifacts, champion scores."""
+    expected = manifest["counts"]
+    found: dict[str, int] = {}
+    for role, info in manifest["databases"].items():
+        db = state.databases().get(role)
+        if db is not None and not info.get("absent"):
+            found.update(read_counts(db)["counts"])
+    # Files count when they are back with the size they had.
+    restored = store_objects(state.artifacts)
+    wanted = _artifact_sizes(manifest, folder)
+    found["artifacts"] = sum(1 for k, size in wanted.items() if restored.get(k) == size)
+    with tarfile.open(folder / EXPECTATIONS, "r:gz") as tar:
+        suites = {m.name: m.size for m in tar.getmembers() if m.isfile()}
+    found["expectation_suites"] = sum(1 for k, size in suites.items() if restored.get(k) == size)
+    problems = [
+        f"{name}: backup has {value}, restored state has {found.get(name)}"
+        for name, value in sorted(expected.items())
+        if found.get(name) != value
+    ]
+    samples = read_json_gz(folder / CHAMPIONS) if (folder / CHAMPIONS).exists() else []
+    problems += check_champion_samples(state.tracking_uri, samples)
+    return {
+        "counts": found,
+        "champions_checked": sum(1 for s in samples if s.get("sample") is not None),
+        "problems": problems,
+    }
+
+
+def _artifact_sizes(manifest: dict[str, Any], folder: Path) -> dict[str, int]:
+    """key -> size of every artifact file the backup holds."""
+    if manifest["artifacts"]["mode"] == "listing":
+        return {o["key"]: o["size"] for o in read_json_gz(folder / ARTIFACTS_LISTING)}
+    with tarfile.open(folder / ARTIFACTS_COPY, "r:gz") as tar:
+        return {m.name: m.size for m in tar.getmembers() if m.isfile()}
+
+
+def _check_schema(manifest: dict[str, Any]) -> bool:
+    """Whether the backup's MLflow schema needs migrating; refuses one newer than this MLflow."""
+    revision = manifest["schema"].get("mlflow_alembic_revision")
+    if revision is None:
+        return False
+    if revision not in known_mlflow_revisions():
+        raise InputError(
+            f"backup {manifest['id']} has MLflow schema {revision}, unknown to MLflow here "
+            f"(made by MLflow {manifest['platform']['mlflow']}); restore with that version"
+        )
+    return revision != mlflow_head_revision()
+
+
+def apply_backup(state: PlatformState, manifest: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """Write verified backup files over a state: databases, artifacts, suites, migrations."""
+    migrate = _check_schema(manifest)
+    dbs = state.databases()
+    restored = []
+    for role, info in manifest["databases"].items():
+        if info.get("absent"):
+            continue
+        if role not in dbs:
+            raise InputError(f"the backup holds a {role} database the platform is not set up for")
+        restore_database(dbs[role], folder / info["file"], info["kind"])
+        restored.append(role)
+    report: dict[str, Any] = {"databases": restored}
+    if manifest["artifacts"]["mode"] == "listing":
+        if not state.artifacts.is_s3:
+            raise InputError("the backup lists S3 object versions but the artifact store is local")
+        report["artifact_versions_restored"] = restore_versions(
+            state.artifacts, read_json_gz(folder / ARTIFACTS_LISTING)
+        )
+    else:
+        report["artifacts_written"] = len(unpack_into(state.artifacts, folder / ARTIFACTS_COPY))
+    report["expectation_suites_written"] = len(unpack_into(state.artifacts, folder / EXPECTATIONS))
+    if migrate and "mlflow" in restored:
+        upgrade_mlflow_schema(state.mlflow.url)
+        report["mlflow_schema_upgraded"] = (
+            f"{manifest['schema']['mlflow_alembic_revision']} -> {mlflow_head_revision()}"
+        )
+    return report
+
+
+def restore_backup(
+    state: PlatformState,
+    store: BackupStore,
+    backup_id: str = "latest",
+    *,
+    safety_backup: bool = True,
+    work_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Verify a backup, back up the current state, restore over it and check the result."""
+    started = time.perf_counter()
+    backup_id = resolve_backup_id(store, backup_id)
+    with tempfile.TemporaryDirectory(prefix="pynomaly-restore-", dir=work_dir) as tmp:
+        folder = Path(tmp)
+        manifest = verify_backup(store, backup_id, folder)  # refuses before touching anything
+        _check_schema(manifest)
+        report: dict[str, Any] = {"id": backup_id}
+        if safety_backup:
+            before = create_backup(
+                state, store, kind="pre-restore", record_champions=False, work_dir=work_dir
+            )
+            report["pre_restore_backup"] = before["id"]
+        report.update(apply_backup(state, manifest, folder))
+        report["verification"] = check_restored(state, manifest, folder)
+    report["seconds"] = round(time.perf_counter() - started, 2)
+    problems = report["verification"]["problems"]
+    if problems:
+        raise InputError(
+            f"restored backup {backup_id} but it does not check out: " + "; ".join(problems)
+        )
+    return report
+
+
+# Drill ---------------------------------------------------------------------------------------
+
+
+def scratch_state(state: PlatformState, folder: Path, token: str) -> PlatformState:
+    """A state of the same kinds as `state`, in scratch files and databases."""
+
+    def scratch(db: Database | None) -> Database | None:
+        if db is None:
+            return None
+        if db.kind == "sqlite":
+            return Database(db.role, f"sqlite:///{folder / (db.role + '.db')}")
+        url = sa.make_url(db.url)
+        name = f"{url.database}_drill_{token}"[-63:]
+        return Database(db.role, url.set(database=name).render_as_string(hide_password=False))
+
+    return PlatformState(
+        mlflow=scratch(state.mlflow),
+        results=scratch(state.results),
+        artifacts=ArtifactStore(str(folder / "artifacts")),
+        optuna=scratch(state.optuna),
+        prefect=scratch(state.prefect),
+    )
+
+
+def rewrite_artifact_root(db: Database, old: str, new: str) -> int:
+    """Point the MLflow DB's artifact locations under `old` at `new`; rows changed."""
+    engine = sa.create_engine(db.url, poolclass=sa.NullPool)
+    changed = 0
+    try:
+        with engine.begin() as conn:
+            inspector = sa.inspect(conn)
+            for table, column in ARTIFACT_COLUMNS:
+                if not inspector.has_table(table):
+                    continue
+                if column not in {c["name"] for c in inspector.get_columns(table)}:
+                    continue
+                result = conn.execute(
+                    sa.text(
+                        f"UPDATE {table} SET {column} = :new || substr({column}, :n) "
+                        f"WHERE substr({column}, 1, :m) = :old"
+                    ),
+                    {"new": new, "old": old, "n": len(old) + 1, "m": len(old)},
+                )
+                changed += result.rowcount
+    finally:
+        engine.dispose()
+    return changed
+
+
+def drill_restore(
+    state: PlatformState,
+    store: BackupStore,
+    backup_id: str = "latest",
+    *,
+    work_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Restore a backup into scratch databases and folders, check it, and clean up.
+
+    Live state is only read (a listing-mode backup fetches its S3 object versions).
+    """
+    started = time.perf_counter()
+    backup_id = resolve_backup_id(store, backup_id)
+    token = secrets.token_hex(3)
+    with tempfile.TemporaryDirectory(prefix="pynomaly-drill-", dir=work_dir) as tmp:
+        folder = Path(tmp)
+        scratch = scratch_state(state, folder / "state", token)
+        (folder / "state").mkdir()
+        pg_scratch = [d for d in scratch.databases().values() if d.kind == "postgresql"]
+        try:
+            manifest = verify_backup(store, backup_id, folder / "backup")
+            listing_mode = manifest["artifacts"]["mode"] == "listing"
+            drill_manifest = manifest
+            if listing_mode:
+                # The scratch store is a folder: fetch the recorded versions into it instead.
+                download_versions(
+                    state.artifacts,
+                    read_json_gz(folder / "backup" / ARTIFACTS_LISTING),
+                    Path(scratch.artifacts.root),
+                )
+                drill_manifest = {**manifest, "artifacts": {**manifest["artifacts"]}}
+                drill_manifest["artifacts"]["mode"] = "copy"
+                pack_store(scratch.artifacts, folder / "backup" / ARTIFACTS_COPY)
+            report = apply_backup(scratch, drill_manifest, folder / "backup")
+            report["artifact_locations_rewritten"] = rewrite_artifact_root(
+                scratch.mlflow,
+                manifest["artifacts"]["root_uri"],
+                artifact_root_uri(scratch.artifacts),
+            )
+            report["verification"] = check_restored(scratch, drill_manifest, folder / "backup")
+        finally:
+            for db in pg_scratch:
+                drop_pg_database(db.url)
+    report.update({"id": backup_id, "seconds": round(time.perf_counter() - started, 2)})
+    problems = report["verification"]["problems"]
+    if problems:
+        raise InputError(f"restore drill of backup {backup_id} failed: " + "; ".join(problems))
+    return report
