@@ -3,6 +3,9 @@
 Used by the integration tests and by `pynomaly services up|down|status`. Every service runs in
 its own process group (new session), logs to a file, listens on 127.0.0.1 only and is
 health-checked before its handle is returned. Nothing happens at import time.
+
+moto keeps its objects in memory: S3 contents (and so MLflow artifacts) do not survive a
+restart of the moto server, while the PostgreSQL data folder does.
 """
 
 from __future__ import annotations
@@ -199,7 +202,10 @@ def _wait_until(
         try:
             if healthy():
                 return time.monotonic() - start
-        except Exception:  # noqa: BLE001 - any failure of a probe means "not yet"
+        except ServiceError:
+            stop_group(proc.pid, timeout=5, proc=proc)
+            raise
+        except Exception:  # noqa: BLE001 - any other failure of a probe means "not yet"
             pass
         time.sleep(0.25)
     stop_group(proc.pid, timeout=5, proc=proc)
@@ -422,8 +428,16 @@ def start_postgres(
     )
 
     def healthy() -> bool:
-        with closing(handle._admin()) as conn, conn.cursor() as cur:
-            cur.execute("SELECT 1")
+        import psycopg2
+
+        try:
+            with closing(handle._admin()) as conn, conn.cursor() as cur:
+                cur.execute("SELECT 1")
+        except psycopg2.OperationalError as err:
+            if "password authentication failed" in str(err):
+                # Retrying cannot help: the cluster was created with another password.
+                raise ServiceError(f"PostgreSQL in {data_dir} rejects the password") from err
+            raise
         return True
 
     handle.url = handle.database_url()
