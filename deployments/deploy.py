@@ -1,0 +1,296 @@
+"""`pynomaly deploy`: register prefect.yaml's deployments and the drift -> retrain automation.
+
+Runs `prefect deploy` on the project file against the configured PREFECT_API_URL (a real
+server, never the ephemeral API), makes sure the process work pool exists, then creates (or
+replaces) one automation: on the event `pynomaly.drift.detected`, run the `retrain`
+deployment for the model named in the event's resource (`pynomaly.model`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+REPO_DIR = Path(__file__).resolve().parents[1]
+PREFECT_FILE = REPO_DIR / "prefect.yaml"
+WORK_POOL = "pynomaly-process"
+WORK_POOL_TYPE = "process"
+RETRAIN_DEPLOYMENT = "retrain"
+AUTOMATION_NAME = "pynomaly-retrain-on-drift"
+# The contract with flows/check_drift.py: the event it emits and the resource labels it sets.
+DRIFT_EVENT = "pynomaly.drift.detected"
+MODEL_RESOURCE_PREFIX = "pynomaly.model."
+MODEL_LABEL = "pynomaly.model"
+
+_ENV_PLACEHOLDER = re.compile(r"\{\{\s*\$([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+
+
+def load_project(prefect_file: Path) -> dict[str, Any]:
+    """The parsed prefect.yaml (anchors resolved)."""
+    import yaml
+
+    with open(prefect_file) as f:
+        project = yaml.safe_load(f)
+    if not isinstance(project, dict) or not project.get("deployments"):
+        raise ValueError(f"{prefect_file} declares no deployments")
+    return project
+
+
+def select_deployments(project: dict[str, Any], names: list[str] | None) -> list[dict[str, Any]]:
+    """The deployments called `names` (all when empty); unknown names are an input error."""
+    from data_checks.errors import InputError
+
+    declared = {d["name"]: d for d in project["deployments"]}
+    if not names:
+        return list(declared.values())
+    unknown = [n for n in names if n not in declared]
+    if unknown:
+        raise InputError(
+            f"unknown deployment(s) {', '.join(unknown)}; declared: {', '.join(declared)}"
+        )
+    return [declared[n] for n in dict.fromkeys(names)]
+
+
+def entrypoint_file(entrypoint: str, root: Path) -> Path:
+    """The file of an entrypoint `path/to/file.py:function`."""
+    return root / entrypoint.rsplit(":", 1)[0]
+
+
+def missing_entrypoints(deployments: list[dict[str, Any]], root: Path) -> list[str]:
+    """Entrypoints whose file does not exist under `root`."""
+    return [d["entrypoint"] for d in deployments if not entrypoint_file(d["entrypoint"], root).exists()]
+
+
+def env_placeholders(value: Any) -> set[str]:
+    """Names of the environment variables referenced as `{{ $NAME }}` anywhere in `value`."""
+    if isinstance(value, str):
+        return set(_ENV_PLACEHOLDER.findall(value))
+    if isinstance(value, dict):
+        return set().union(*(env_placeholders(v) for v in value.values())) if value else set()
+    if isinstance(value, list):
+        return set().union(*(env_placeholders(v) for v in value)) if value else set()
+    return set()
+
+
+def deploy_environment(environ: dict[str, str]) -> dict[str, str]:
+    """The environment `prefect deploy` runs in: the caller's, plus the repo folder default."""
+    env = dict(environ)
+    env.setdefault("PYNOMALY_REPO_DIR", str(REPO_DIR))
+    return env
+
+
+def drift_automation(retrain_deployment_id: Any) -> Any:
+    """The automation spec: each drift event runs the retrain deployment for its model."""
+    from prefect.automations import AutomationCore, EventTrigger, RunDeployment
+
+    return AutomationCore(
+        name=AUTOMATION_NAME,
+        description=(
+            f"Retrain the model named in a {DRIFT_EVENT} event "
+            f"(resource label {MODEL_LABEL}); cooldown and daily cap live in the retrain flow."
+        ),
+        tags=["pynomaly"],
+        trigger=EventTrigger(
+            expect={DRIFT_EVENT},
+            match={"prefect.resource.id": f"{MODEL_RESOURCE_PREFIX}*"},
+            posture="Reactive",
+            threshold=1,
+            within=0,
+        ),
+        actions=[
+            RunDeployment(
+                source="selected",
+                deployment_id=retrain_deployment_id,
+                # A plain Jinja string: the server renders it against the triggering event.
+                parameters={"model": f"{{{{ event.resource['{MODEL_LABEL}'] }}}}"},
+            )
+        ],
+    )
+
+
+def _flow_name(entrypoint: str, root: Path) -> str:
+    """The @flow name behind an entrypoint (imports the flow module)."""
+    from prefect.flows import load_flow_from_entrypoint
+
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        return load_flow_from_entrypoint(entrypoint).name
+    finally:
+        os.chdir(cwd)
+
+
+def _ensure_work_pool(client: Any) -> str:
+    """Create the process work pool when missing; fail when the name has another type."""
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        pool = client.read_work_pool(WORK_POOL)
+    except ObjectNotFound:
+        client.create_work_pool(WorkPoolCreate(name=WORK_POOL, type=WORK_POOL_TYPE))
+        return "created"
+    if pool.type != WORK_POOL_TYPE:
+        raise RuntimeError(f"work pool {WORK_POOL!r} exists with type {pool.type!r}, not process")
+    return "exists"
+
+
+def _run_prefect_deploy(
+    prefect_file: Path, names: list[str] | None, root: Path, timeout: float
+) -> None:
+    """`prefect deploy` (all deployments, or the named ones) from the repo folder."""
+    cmd = [sys.executable, "-m", "prefect", "--no-prompt", "deploy"]
+    cmd += ["--prefect-file", str(prefect_file)]
+    if names:
+        for name in names:
+            cmd += ["--name", name]
+    else:
+        cmd.append("--all")
+    proc = subprocess.run(
+        cmd,
+        cwd=root,
+        env=deploy_environment(dict(os.environ)),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        raise RuntimeError(f"prefect deploy failed (exit {proc.returncode}): {tail}")
+
+
+def register(
+    names: list[str] | None = None,
+    prefect_file: Path = PREFECT_FILE,
+    timeout: float = 300.0,
+) -> dict[str, Any]:
+    """Register deployments and the drift automation on the Prefect server; a summary."""
+    from data_checks.errors import InputError
+
+    started = time.perf_counter()
+    prefect_file = prefect_file.resolve()
+    root = prefect_file.parent
+    api_url = os.environ.get("PREFECT_API_URL")
+    if not api_url:
+        # Read through Prefect too: a profile may set it.
+        from prefect.settings import PREFECT_API_URL
+
+        api_url = PREFECT_API_URL.value()
+    if not api_url:
+        raise InputError(
+            "PREFECT_API_URL is not set: start a Prefect server (`pynomaly services up`, then "
+            "`source DIR/pynomaly.env`) or point PREFECT_API_URL at yours"
+        )
+
+    project = load_project(prefect_file)
+    chosen = select_deployments(project, names)
+    missing = missing_entrypoints(chosen, root)
+    if missing:
+        raise InputError(
+            f"entrypoint file(s) missing: {', '.join(missing)}; deploy the others with --name"
+        )
+    needed = env_placeholders(chosen) | env_placeholders(project.get("pull"))
+    unset = sorted(v for v in needed if not deploy_environment(dict(os.environ)).get(v))
+    if unset:
+        raise InputError(
+            f"prefect.yaml needs these environment variables for the chosen deployments: "
+            f"{', '.join(unset)}"
+        )
+
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        pool = _ensure_work_pool(client)
+        _run_prefect_deploy(prefect_file, names, root, timeout)
+        deployed = []
+        retrain_id = None
+        for spec in chosen:
+            full_name = f"{_flow_name(spec['entrypoint'], root)}/{spec['name']}"
+            found = client.read_deployment_by_name(full_name)
+            deployed.append(
+                {
+                    "name": full_name,
+                    "id": str(found.id),
+                    "entrypoint": spec["entrypoint"],
+                    "work_pool": found.work_pool_name,
+                    "schedules": [
+                        getattr(s.schedule, "cron", None) or str(s.schedule)
+                        for s in found.schedules
+                    ],
+                    "tags": found.tags,
+                }
+            )
+            if spec["name"] == RETRAIN_DEPLOYMENT:
+                retrain_id = found.id
+
+        automation: dict[str, Any] | None = None
+        if retrain_id is not None:
+            # Replace, so a re-deploy never leaves two automations retraining twice.
+            for old in client.read_automations_by_name(AUTOMATION_NAME):
+                client.delete_automation(old.id)
+            automation_id = client.create_automation(drift_automation(retrain_id))
+            automation = {
+                "name": AUTOMATION_NAME,
+                "id": str(automation_id),
+                "event": DRIFT_EVENT,
+                "runs": f"retrain ({retrain_id})",
+            }
+
+    return {
+        "api_url": api_url,
+        "prefect_file": str(prefect_file),
+        "work_pool": {"name": WORK_POOL, "type": WORK_POOL_TYPE, "status": pool},
+        "deployments": deployed,
+        "automation": automation,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def deploy(
+    name: Annotated[
+        list[str] | None,
+        typer.Option("--name", "-n", help="Deployment name from prefect.yaml (repeatable)."),
+    ] = None,
+    prefect_file: Annotated[
+        Path, typer.Option("--prefect-file", help="The Prefect project file.")
+    ] = PREFECT_FILE,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")
+    ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    """Register the Prefect deployments and the drift -> retrain automation on the server."""
+    from deployments.cli import out, run, show
+
+    result = run(
+        lambda: register(name or None, prefect_file),
+        as_json=as_json,
+        debug=debug,
+        status="Deploying…",
+    )
+    if as_json:
+        return
+    for dep in result["deployments"]:
+        show(
+            dep["name"],
+            {
+                "id": dep["id"],
+                "work pool": dep["work_pool"],
+                "schedules": ", ".join(dep["schedules"]) or "on demand",
+            },
+        )
+    auto = result["automation"]
+    out.print(
+        f"automation: {auto['name']} ({auto['event']} -> retrain)"
+        if auto
+        else "automation: not created (the retrain deployment was not deployed)",
+        markup=False,
+    )
+    out.print(f"Prefect API: {result['api_url']}  ({result['seconds']} s)", markup=False)
