@@ -323,6 +323,16 @@ def demo(
         out.print(f"  {command}", markup=False, highlight=False, soft_wrap=True)
 
 
+def _mount_subcommands() -> None:
+    """Command groups that live in their own modules (each imports only typer at the top)."""
+    from deployments.services_cli import services_app
+
+    app.add_typer(services_app, name="services", help="Local production services.")
+
+
+_mount_subcommands()
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()
 

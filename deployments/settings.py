@@ -74,6 +74,11 @@ class Settings(BaseSettings):
     def backup_store_root(self) -> str:
         return self.backup_root or str(self.home_dir / "backups")
 
+    def export_client_environment(self) -> None:
+        """Tell MLflow's S3 client where the endpoint is (it reads only the environment)."""
+        if self.s3_endpoint_url:
+            os.environ["MLFLOW_S3_ENDPOINT_URL"] = self.s3_endpoint_url
+
     def store(self) -> ArtifactStore:
         """The artifact store (snapshots, suites, quarantine, MLflow artifacts)."""
         return ArtifactStore(self.artifact_store, self.s3_endpoint_url)
@@ -95,5 +100,4 @@ def apply_runtime_environment(settings: Settings) -> None:
     os.environ.setdefault("PREFECT_HOME", str(settings.prefect_home))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
-    if settings.s3_endpoint_url:
-        os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", settings.s3_endpoint_url)
+    settings.export_client_environment()

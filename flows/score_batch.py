@@ -31,6 +31,7 @@ def score_batch(
     from registry.versions import parse_model_ref
 
     settings = get_settings()
+    settings.export_client_environment()
     store = settings.store()
     name, ref_alias = parse_model_ref(model)
     resolved = resolve_model(settings.mlflow_tracking_uri, name, alias or ref_alias, version)

@@ -37,6 +37,7 @@ def train_detector(
     from tasks.ingest import check_dataset_name
 
     settings = get_settings()
+    settings.export_client_environment()
     store = settings.store()
     dataset = check_dataset_name(dataset or model)
 
@@ -85,8 +86,10 @@ def train_detector(
         end_run(settings.mlflow_tracking_uri, run_id, "FAILED")
         raise
 
-    # Register
+    # Register, then gate a challenger against the champion (a first version is champion)
     tags["threshold"] = repr(result.threshold)
+    tags["contamination"] = repr(result.metrics["contamination"])
+    tags["random_state"] = str(random_state)  # the gate rebuilds the labelled hold-out from it
     registered = register_model(
         settings.mlflow_tracking_uri,
         experiment_id,
@@ -96,6 +99,12 @@ def train_detector(
         params={"label_column": label_column, "dataset": dataset, "rows": manifest.rows},
         tags=tags,
     )
+    registered["gate"] = {"decision": "promote", "reasons": ["ok: first version of the model"]}
+    if registered["alias"] == "challenger":
+        from flows.evaluate_model import evaluate_model
+
+        registered["gate"] = evaluate_model(model, registered["version"], label_column=label_column)
+        registered["alias"] = "champion" if registered["gate"]["promoted"] else "challenger"
 
     metrics = {k: round(v, 6) for k, v in result.metrics.items()}
     summary = {

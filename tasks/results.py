@@ -40,9 +40,14 @@ def _copy_rows(conn: sa.Connection, frame: pd.DataFrame) -> None:
     """PostgreSQL bulk load through COPY on the transaction's own connection."""
     buf = io.StringIO()
     frame[COLUMNS].to_csv(buf, index=False, header=False, quoting=csv.QUOTE_MINIMAL)
-    buf.seek(0)
+    statement = f"COPY detection_results ({', '.join(COLUMNS)}) FROM STDIN WITH CSV"
     cursor = conn.connection.driver_connection.cursor()
-    cursor.copy_expert(f"COPY detection_results ({', '.join(COLUMNS)}) FROM STDIN WITH CSV", buf)
+    if hasattr(cursor, "copy_expert"):  # psycopg2
+        buf.seek(0)
+        cursor.copy_expert(statement, buf)
+    else:  # psycopg 3 (SQLAlchemy's default driver for postgresql://)
+        with cursor.copy(statement) as copy:
+            copy.write(buf.getvalue())
 
 
 def replace_batch(

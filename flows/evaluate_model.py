@@ -1,0 +1,247 @@
+"""Flow: gate any registered version (platform-trained or logged by hand) against the champion."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from data_checks.errors import InputError
+from deployments.settings import get_settings
+
+# These tasks are thin wrappers like those in tasks/steps.py; they live here until steps.py
+# (owned elsewhere) takes them.
+
+
+@task(name="load_evaluation_data", cache_policy=NO_CACHE)
+def load_evaluation_data(
+    tracking_uri: str,
+    model: str,
+    version: int,
+    data: str | None,
+    label_column: str | None,
+    query: str | None,
+    delimiter: str,
+) -> dict[str, Any]:
+    """The rows to judge on: --data, else the version's own snapshot, else the champion's."""
+    from registry.versions import CHAMPION, aliases_of, client, resolve_version
+    from tasks.ingest import load_manifest, load_snapshot, snapshot_source
+    from tasks.train import HOLDOUT_SHARE, split_labels
+
+    settings = get_settings()
+    store = settings.store()
+    mlflow_client = client(tracking_uri)
+    target = resolve_version(mlflow_client, model, version=version)
+    champion_no = aliases_of(mlflow_client, model).get(CHAMPION)
+    champion = (
+        resolve_version(mlflow_client, model, version=champion_no)
+        if champion_no is not None and champion_no != version
+        else None
+    )
+    holdout_of: Any = None
+    if data:
+        manifest = snapshot_source(
+            data,
+            f"{model}-eval",
+            store,
+            query=query,
+            delimiter=delimiter,
+            chunk_rows=settings.chunk_rows,
+        )
+        where = manifest.source
+    else:
+        holdout_of = next(
+            (v for v in (target, champion) if v is not None and v.tags.get("dataset_sha256")),
+            None,
+        )
+        if holdout_of is None:
+            raise InputError(
+                f"{model} v{version} has no training snapshot and there is no champion with "
+                "one: pass --data SOURCE to evaluate it on"
+            )
+        manifest = load_manifest(
+            store, holdout_of.tags["dataset"], holdout_of.tags["dataset_sha256"]
+        )
+        where = f"the training snapshot of v{holdout_of.version} ({manifest.sha256[:12]})"
+    frame = load_snapshot(store, manifest)
+    label = label_column or next(
+        (
+            v.tags.get("label_column")
+            for v in (target, champion)
+            if v is not None and v.tags.get("label_column") in frame.columns
+        ),
+        None,
+    )
+    if label and holdout_of is not None and holdout_of.tags.get("label_column") == label:
+        from registry.gate import holdout_rows
+
+        seed = int(holdout_of.tags.get("random_state") or 0)
+        frame = holdout_rows(frame, label, seed, HOLDOUT_SHARE).sort_index()
+        where += f", labelled hold-out of {len(frame)} rows"
+    features, labels = split_labels(frame, label, where)
+    return {
+        "features": features,
+        "labels": None if labels is None else labels.to_numpy(),
+        "where": where,
+        "label_column": label,
+        "target": target,
+        "champion": champion,
+    }
+
+
+def expected_share_of(mlflow_client: Any, versions: list[Any], labels: Any) -> float:
+    """The anomaly share the model expects: its tag or run metric, the labels', or the default."""
+    from registry.gate import DEFAULT_EXPECTED_SHARE
+
+    for v in versions:
+        if v is None:
+            continue
+        if v.tags.get("contamination"):
+            return float(v.tags["contamination"])
+        if v.run_id:
+            try:
+                found = mlflow_client.get_run(v.run_id).data.metrics.get("contamination")
+            except Exception:  # a hand-logged run may live elsewhere; fall through
+                found = None
+            if found:
+                return float(found)
+    if labels is not None and 0 < labels.mean() < 0.5:
+        return float(labels.mean())
+    return DEFAULT_EXPECTED_SHARE
+
+
+@task(name="gate_version", cache_policy=NO_CACHE)
+def gate_version(
+    tracking_uri: str,
+    model: str,
+    batch: dict[str, Any],
+    expected_share: float | None,
+    margin: float,
+) -> dict[str, Any]:
+    """Score challenger and champion on the same rows and record the gate's decision as tags."""
+    from registry.gate import GateConfig, GateDecision, evaluate_version, load_scorer
+    from registry.promotion import record_decision
+    from registry.versions import client
+
+    mlflow_client = client(tracking_uri)
+    target, champion = batch["target"], batch["champion"]
+    share = expected_share or expected_share_of(mlflow_client, [target, champion], batch["labels"])
+    try:
+        challenger = load_scorer(target.uri, target.tags)
+        evaluation = evaluate_version(
+            challenger,
+            batch["features"],
+            batch["labels"],
+            where=batch["where"],
+            expected_share=share,
+            champion=None if champion is None else load_scorer(champion.uri, champion.tags),
+            champion_version=None if champion is None else champion.version,
+            config=GateConfig(margin=margin),
+        )
+    except InputError as exc:
+        # A broken interface is a decision too: record it so `registry show` tells why.
+        rejected = GateDecision("reject", [f"failed: {exc}"], {}, batch["labels"] is not None)
+        record_decision(mlflow_client, model, target.version, rejected.tags())
+        raise
+    tags = evaluation.decision.tags()
+    tags["threshold"] = repr(evaluation.threshold)
+    tags["threshold_source"] = evaluation.threshold_source
+    tags["score_convention"] = evaluation.convention
+    record_decision(mlflow_client, model, target.version, tags)
+    return {
+        **evaluation.decision.as_dict(),
+        "threshold": evaluation.threshold,
+        "threshold_source": evaluation.threshold_source,
+        "score_convention": evaluation.convention,
+        "expected_share": share,
+    }
+
+
+@task(name="promote_version", cache_policy=NO_CACHE)
+def promote_version(
+    tracking_uri: str, model: str, version: int, expected_champion: int | None, reason: str
+) -> dict[str, Any]:
+    """Move `champion` under the promotion lock (re-checking the version and the champion)."""
+    from registry.promotion import promote
+    from registry.versions import client
+
+    return promote(
+        client(tracking_uri),
+        tracking_uri,
+        model,
+        version,
+        expected_champion=expected_champion,
+        lock_dir=get_settings().home_dir,
+        reason=reason,
+    )
+
+
+@flow(name="evaluate-model", log_prints=True)
+def evaluate_model(
+    model: str,
+    version: int,
+    data: str | None = None,
+    label_column: str | None = None,
+    expected_share: float | None = None,
+    promote: bool = True,
+    query: str | None = None,
+    delimiter: str = ",",
+) -> dict[str, Any]:
+    """Check a version's interface, gate it against the champion and promote it if it passes."""
+    from registry.promotion import PromotionConflict, record_decision
+    from registry.versions import client
+
+    settings = get_settings()
+    uri = settings.mlflow_tracking_uri
+
+    # Evaluation data
+    batch = load_evaluation_data(uri, model, version, data, label_column, query, delimiter)
+    champion = batch["champion"]
+    champion_version = None if champion is None else champion.version
+
+    # Gate
+    gate = gate_version(uri, model, batch, expected_share, settings.gate_margin)
+
+    # Promote
+    promoted = None
+    if promote and gate["decision"] == "promote" and champion_version != version:
+        try:
+            promoted = promote_version(uri, model, version, champion_version, "gate: promote")
+        except PromotionConflict as exc:
+            gate["decision"] = "keep"
+            gate["reasons"].insert(0, f"needs review: {exc}")
+            record_decision(
+                client(uri),
+                model,
+                version,
+                {"gate.decision": "keep", "gate.reasons": json.dumps(gate["reasons"])},
+            )
+
+    result = {
+        "model": model,
+        "version": version,
+        "evaluated_on": batch["where"],
+        "label_column": batch["label_column"],
+        "champion_before": champion_version,
+        "promoted": bool(promoted and promoted["changed"]),
+        **gate,
+    }
+    create_markdown_artifact(
+        key="gate-decision",
+        markdown=(
+            f"## Gate: `{model}` v{version} vs champion v{champion_version} -> "
+            f"**{gate['decision']}**\n\nEvaluated on {batch['where']}; threshold "
+            f"{gate['threshold']:.6g} ({gate['threshold_source']}).\n\n"
+            + "\n".join(f"- {r}" for r in gate["reasons"])
+        ),
+    )
+    return result
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(evaluate_model(sys.argv[1], int(sys.argv[2]), *(sys.argv[3:4])))
