@@ -18,8 +18,6 @@ from typing import Annotated, Any
 
 import typer
 
-REPO_DIR = Path(__file__).resolve().parents[1]
-PREFECT_FILE = REPO_DIR / "prefect.yaml"
 WORK_POOL = "pynomaly-process"
 WORK_POOL_TYPE = "process"
 RETRAIN_DEPLOYMENT = "retrain"
@@ -30,6 +28,12 @@ MODEL_RESOURCE_PREFIX = "pynomaly.model."
 MODEL_LABEL = "pynomaly.model"
 
 _ENV_PLACEHOLDER = re.compile(r"\{\{\s*\$([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+
+
+def repo_dir() -> Path:
+    """The folder flow runs start in: $PYNOMALY_REPO_DIR (the image's /app), else this checkout."""
+    configured = os.environ.get("PYNOMALY_REPO_DIR")
+    return Path(configured).resolve() if configured else Path(__file__).resolve().parents[1]
 
 
 def load_project(prefect_file: Path) -> dict[str, Any]:
@@ -65,7 +69,9 @@ def entrypoint_file(entrypoint: str, root: Path) -> Path:
 
 def missing_entrypoints(deployments: list[dict[str, Any]], root: Path) -> list[str]:
     """Entrypoints whose file does not exist under `root`."""
-    return [d["entrypoint"] for d in deployments if not entrypoint_file(d["entrypoint"], root).exists()]
+    return [
+        d["entrypoint"] for d in deployments if not entrypoint_file(d["entrypoint"], root).exists()
+    ]
 
 
 def env_placeholders(value: Any) -> set[str]:
@@ -82,7 +88,7 @@ def env_placeholders(value: Any) -> set[str]:
 def deploy_environment(environ: dict[str, str]) -> dict[str, str]:
     """The environment `prefect deploy` runs in: the caller's, plus the repo folder default."""
     env = dict(environ)
-    env.setdefault("PYNOMALY_REPO_DIR", str(REPO_DIR))
+    env.setdefault("PYNOMALY_REPO_DIR", str(repo_dir()))
     return env
 
 
@@ -109,7 +115,10 @@ def drift_automation(retrain_deployment_id: Any) -> Any:
                 source="selected",
                 deployment_id=retrain_deployment_id,
                 # A plain Jinja string: the server renders it against the triggering event.
-                parameters={"model": f"{{{{ event.resource['{MODEL_LABEL}'] }}}}"},
+                parameters={
+                    "model": f"{{{{ event.resource['{MODEL_LABEL}'] }}}}",
+                    "trigger": "drift",
+                },
             )
         ],
     )
@@ -168,14 +177,14 @@ def _run_prefect_deploy(
 
 def register(
     names: list[str] | None = None,
-    prefect_file: Path = PREFECT_FILE,
+    prefect_file: Path | None = None,
     timeout: float = 300.0,
 ) -> dict[str, Any]:
     """Register deployments and the drift automation on the Prefect server; a summary."""
     from data_checks.errors import InputError
 
     started = time.perf_counter()
-    prefect_file = prefect_file.resolve()
+    prefect_file = (prefect_file or repo_dir() / "prefect.yaml").resolve()
     root = prefect_file.parent
     api_url = os.environ.get("PREFECT_API_URL")
     if not api_url:
@@ -259,8 +268,9 @@ def deploy(
         typer.Option("--name", "-n", help="Deployment name from prefect.yaml (repeatable)."),
     ] = None,
     prefect_file: Annotated[
-        Path, typer.Option("--prefect-file", help="The Prefect project file.")
-    ] = PREFECT_FILE,
+        Path | None,
+        typer.Option("--prefect-file", help="Project file [default: REPO/prefect.yaml]."),
+    ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")
     ] = False,
