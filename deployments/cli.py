@@ -40,6 +40,7 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
     warnings.filterwarnings("ignore")
     for name in ("mlflow", "alembic", "great_expectations", "urllib3", "botocore", "httpx"):
         logging.getLogger(name).setLevel(logging.ERROR)
