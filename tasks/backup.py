@@ -701,17 +701,30 @@ def download_versions(store: ArtifactStore, listing: list[dict[str, Any]], folde
 
 @contextmanager
 def mlflow_uris(tracking_uri: str) -> Iterator[None]:
-    """Point MLflow's process-wide tracking and registry URIs somewhere, then back."""
-    import mlflow
+    """Point MLflow's process-wide tracking and registry URIs somewhere, then exactly back.
 
-    before_tracking, before_registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    MLflow keeps both in module globals and mirrors them into environment variables; all
+    four are restored, or a later client in this process would silently use our URI.
+    """
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved_env = {name: os.environ.get(name) for name in names}
+    saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(before_tracking)
-        mlflow.set_registry_uri(before_registry)
+        mlflow.set_tracking_uri(saved[0])
+        registry_utils._registry_uri = saved[1]
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _load_version(name: str, version: int, folder: Path) -> tuple[Any, str]:

@@ -1,0 +1,209 @@
+"""`pynomaly backup create|list|verify|restore|prune`: backups of the whole platform state."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+backup_app = typer.Typer(
+    help="Back up, verify, restore and prune the platform state (DBs, suites, artifacts).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks and library logs.")]
+IdArg = Annotated[str, typer.Argument(help="Backup id, or 'latest'.")]
+
+
+def _store_and_state(need_state: bool = True) -> tuple[Any, Any]:
+    """The backup store and (when asked) the platform state, from settings."""
+    from deployments.settings import get_settings
+    from tasks import backup
+
+    settings = get_settings()
+    store = backup.backup_store(settings.backup_store_root, settings.s3_endpoint_url)
+    return store, backup.platform_state(settings) if need_state else None
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+@backup_app.command()
+def create(
+    artifacts: Annotated[
+        str, typer.Option("--artifacts", help="auto, copy, or listing (versioned S3 bucket).")
+    ] = "auto",
+    prune: Annotated[bool, typer.Option("--prune/--no-prune", help="Apply retention.")] = False,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Take a backup now (the backup-platform flow)."""
+    from deployments.cli import run, show
+
+    def work() -> dict[str, Any]:
+        from data_checks.errors import InputError
+        from flows.backup_platform import backup_platform
+
+        if artifacts not in {"auto", "copy", "listing"}:
+            raise InputError(f"--artifacts {artifacts!r}: choose auto, copy or listing")
+        return backup_platform(prune=prune, artifacts_mode=artifacts, kind="manual")
+
+    result = run(work, as_json=as_json, debug=debug, status="Backing up…")
+    if not as_json:
+        rows = {"store": result["store"], "size": _size(result["size_bytes"])}
+        rows |= {"seconds": result["seconds"], **result["counts"]}
+        if prune:
+            rows["pruned"] = ", ".join(result["pruned"]) or "none"
+        show(f"Backup {result['id']}", rows)
+
+
+@backup_app.command("list")
+def list_(as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
+    """List the complete backups, newest first."""
+    from rich.table import Table
+
+    from deployments.cli import out, run
+
+    def work() -> dict[str, Any]:
+        from tasks import backup
+
+        store, _ = _store_and_state(need_state=False)
+        return {"store": store.root, "backups": backup.list_backups(store)}
+
+    result = run(work, as_json=as_json, debug=debug, status="Listing backups…")
+    if as_json:
+        return
+    table = Table(title=f"Backups in {result['store']}", title_justify="left")
+    table.add_column("id", no_wrap=True)
+    for column in ("kind", "size", "model versions", "detection rows", "artifacts"):
+        table.add_column(column)
+    for b in result["backups"]:
+        c = b["counts"]
+        table.add_row(
+            b["id"],
+            str(b["kind"]),
+            _size(b["size_bytes"]),
+            str(c.get("model_versions", 0)),
+            str(c.get("detection_rows", 0)),
+            str(c.get("artifacts", 0)),
+        )
+    out.print(table)
+
+
+@backup_app.command()
+def verify(
+    backup_id: IdArg = "latest",
+    drill: Annotated[
+        bool, typer.Option("--drill", help="Also restore into scratch and check (restore-drill).")
+    ] = False,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Check every file of a backup against its sha256 (and with --drill, a scratch restore)."""
+    from deployments.cli import run, show
+
+    def work() -> dict[str, Any]:
+        from tasks import backup
+
+        store, _ = _store_and_state(need_state=False)
+        resolved = backup.resolve_backup_id(store, backup_id)
+        with tempfile.TemporaryDirectory(prefix="pynomaly-verify-") as tmp:
+            manifest = backup.verify_backup(store, resolved, Path(tmp))
+        result: dict[str, Any] = {
+            "id": resolved,
+            "files_verified": len(manifest["files"]),
+            "counts": manifest["counts"],
+        }
+        if drill:
+            from flows.restore_drill import restore_drill
+
+            result["drill"] = restore_drill(resolved)
+        return result
+
+    result = run(work, as_json=as_json, debug=debug, status="Verifying…")
+    if not as_json:
+        rows = {"files": f"{result['files_verified']} verified (sha256)"}
+        if drill:
+            rows["drill"] = f"passed in {result['drill']['seconds']} s"
+            rows["champions re-scored"] = result["drill"]["verification"]["champions_checked"]
+        show(f"Backup {result['id']} is intact", rows)
+
+
+@backup_app.command()
+def restore(
+    backup_id: IdArg = "latest",
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask before overwriting.")] = False,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Verify a backup, back up the current state, restore over it and check the result."""
+    from deployments.cli import err, run, show
+
+    if not yes:
+        if not sys.stdin.isatty():
+            err.print("error: restore overwrites the platform state: pass --yes", markup=False)
+            raise typer.Exit(2)
+        typer.confirm(f"Overwrite the platform state with backup {backup_id}?", abort=True)
+
+    def work() -> dict[str, Any]:
+        from tasks import backup
+
+        store, state = _store_and_state()
+        return backup.restore_backup(state, store, backup_id)
+
+    result = run(work, as_json=as_json, debug=debug, status="Restoring…")
+    if not as_json:
+        rows = {
+            "databases": ", ".join(result["databases"]),
+            "state before restore": f"backed up as {result.get('pre_restore_backup')}",
+            "champions re-scored": result["verification"]["champions_checked"],
+            "seconds": result["seconds"],
+        }
+        if "mlflow_schema_upgraded" in result:
+            rows["MLflow schema"] = result["mlflow_schema_upgraded"]
+        rows |= result["verification"]["counts"]
+        show(f"Restored {result['id']}", rows)
+
+
+@backup_app.command()
+def prune(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only show what would go.")] = False,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Delete backups the retention settings do not keep."""
+    from deployments.cli import run, show
+
+    def work() -> dict[str, Any]:
+        from deployments.settings import get_settings
+        from tasks import backup
+
+        settings = get_settings()
+        store, _ = _store_and_state(need_state=False)
+        result = backup.prune_backups(
+            store,
+            keep_last=settings.backup_keep_last,
+            keep_daily_days=settings.backup_keep_daily_days,
+            keep_weekly_weeks=settings.backup_keep_weekly_weeks,
+            dry_run=dry_run,
+        )
+        return {**result, "dry_run": dry_run}
+
+    result = run(work, as_json=as_json, debug=debug, status="Pruning…")
+    if not as_json:
+        verb = "would delete" if dry_run else "deleted"
+        show(
+            "Backup retention",
+            {verb: ", ".join(result["deleted"]) or "none", "kept": len(result["kept"])},
+        )
