@@ -1,0 +1,329 @@
+"""Move the `champion` alias under a lock, roll it back, and keep the history as tags.
+
+The lock depends on where the registry lives: a PostgreSQL advisory lock when MLflow's backend
+is PostgreSQL, an fcntl file lock beside an embedded SQLite registry, a Prefect global
+concurrency limit when MLflow is a tracking server and a Prefect server is configured (else a
+file lock in the platform home, which only protects promotions started on this host).
+Inside the lock everything the decision relied on is checked again, so `champion` never points
+at a missing, unready or unloadable version and two promotions can never both move it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from data_checks.errors import InputError
+from registry.versions import CHALLENGER, CHAMPION, aliases_of
+
+HISTORY_TAG = "champion_history"
+RETRAIN_TAG = "retrain_history"
+HISTORY_KEEP = 50
+LOCK_TIMEOUT_S = 120.0
+
+
+class PromotionConflict(InputError):
+    """The registry changed between the gate's decision and the promotion."""
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+# --------------------------------------------------------------------------- locks
+
+
+def _lock_key(name: str) -> int:
+    """A signed 64-bit advisory-lock key for one registered model."""
+    digest = hashlib.sha256(f"pynomaly-promote:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def lock_kind(tracking_uri: str) -> str:
+    """Which lock guards promotions on this registry: postgres, file or prefect."""
+    if tracking_uri.startswith(("postgresql", "postgres")):
+        return "postgres"
+    if tracking_uri.startswith(("http://", "https://")) and os.environ.get("PREFECT_API_URL"):
+        return "prefect"
+    return "file"
+
+
+@contextmanager
+def _postgres_lock(url: str, name: str, timeout_s: float) -> Iterator[None]:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    key = _lock_key(name)
+    try:
+        with engine.connect() as conn:
+            deadline = time.monotonic() + timeout_s
+            # try-lock in a loop rather than pg_advisory_lock: a stuck holder gives a clear
+            # timeout error instead of a hung promotion.
+            while not conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar():
+                if time.monotonic() > deadline:
+                    raise PromotionConflict(f"timed out waiting for the promotion lock of {name!r}")
+                time.sleep(0.1)
+            try:
+                yield
+            finally:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def _file_lock(path: Path, name: str, timeout_s: float) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise PromotionConflict(
+                        f"timed out waiting for the promotion lock of {name!r} ({path})"
+                    ) from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+@contextmanager
+def _prefect_lock(name: str, timeout_s: float) -> Iterator[None]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.concurrency.sync import concurrency
+    from prefect.exceptions import ObjectNotFound
+
+    limit = f"pynomaly-promote-{name}"
+    with get_client(sync_client=True) as prefect_client:
+        try:
+            prefect_client.read_global_concurrency_limit_by_name(limit)
+        except ObjectNotFound:
+            prefect_client.create_global_concurrency_limit(
+                GlobalConcurrencyLimitCreate(name=limit, limit=1)
+            )
+    # strict: a missing limit must fail, never silently run unguarded
+    with concurrency(limit, occupy=1, timeout_seconds=timeout_s, strict=True):
+        yield
+
+
+@contextmanager
+def promotion_lock(
+    tracking_uri: str, name: str, lock_dir: Path, timeout_s: float = LOCK_TIMEOUT_S
+) -> Iterator[str]:
+    """Hold the promotion lock of one registered model; yields the kind of lock held."""
+    kind = lock_kind(tracking_uri)
+    if kind == "postgres":
+        with _postgres_lock(tracking_uri, name, timeout_s):
+            yield kind
+    elif kind == "prefect":
+        with _prefect_lock(name, timeout_s):
+            yield kind
+    else:
+        if tracking_uri.startswith("sqlite:///"):
+            lock_dir = Path(tracking_uri.removeprefix("sqlite:///")).parent
+        safe = hashlib.sha256(name.encode()).hexdigest()[:16]
+        with _file_lock(lock_dir / f".promote-{safe}.lock", name, timeout_s):
+            yield kind
+
+
+# --------------------------------------------------------------------------- history
+
+
+def _model_tags(mlflow_client: Any, name: str) -> dict[str, str]:
+    return dict(mlflow_client.get_registered_model(name).tags or {})
+
+
+def read_history(mlflow_client: Any, name: str) -> list[dict[str, Any]]:
+    """The champion stack: promotions push, rollbacks pop; the last entry is the champion."""
+    raw = _model_tags(mlflow_client, name).get(HISTORY_TAG)
+    return json.loads(raw) if raw else []
+
+
+def _write_history(mlflow_client: Any, name: str, history: list[dict[str, Any]]) -> None:
+    mlflow_client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history[-HISTORY_KEEP:]))
+
+
+def _current_stack(mlflow_client: Any, name: str, champion: int | None) -> list[dict[str, Any]]:
+    history = read_history(mlflow_client, name)
+    # The first version became champion at registration, before any history existed.
+    if champion is not None and (not history or history[-1]["version"] != champion):
+        history.append({"version": champion, "action": "registered", "at": now_iso()})
+    return history
+
+
+def check_loadable(mlflow_client: Any, name: str, version: int) -> Any:
+    """The model version, after checking it exists, is READY and its model loads."""
+    from mlflow.exceptions import MlflowException
+
+    from registry.gate import load_scorer
+
+    try:
+        mv = mlflow_client.get_model_version(name, str(version))
+    except MlflowException as exc:
+        raise InputError(f"model {name!r} has no version {version}") from exc
+    if str(mv.status) != "READY":
+        raise InputError(f"{name} v{version} is {mv.status}, not READY")
+    if (mv.tags or {}).get("pynomaly.failed") == "true":
+        raise InputError(f"{name} v{version} is marked failed")
+    load_scorer(f"models:/{name}/{version}", dict(mv.tags or {}))
+    return mv
+
+
+def promote(
+    mlflow_client: Any,
+    tracking_uri: str,
+    name: str,
+    version: int,
+    *,
+    expected_champion: int | None,
+    lock_dir: Path,
+    reason: str,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Point `champion` at a version under the lock, if the champion is still the one judged."""
+    with promotion_lock(tracking_uri, name, lock_dir) as kind:
+        aliases = aliases_of(mlflow_client, name)
+        champion = aliases.get(CHAMPION)
+        if champion != expected_champion:
+            raise PromotionConflict(
+                f"champion of {name!r} changed from v{expected_champion} to v{champion} since the "
+                f"decision; evaluate v{version} again"
+            )
+        mv = check_loadable(mlflow_client, name, version)
+        decision = (mv.tags or {}).get("gate.decision")
+        if decision == "reject" and not force:
+            raise InputError(
+                f"{name} v{version} was rejected by the gate; pass --force to promote it anyway"
+            )
+        if champion == version:
+            return {
+                "model": name,
+                "version": version,
+                "previous": champion,
+                "lock": kind,
+                "changed": False,
+            }
+        history = _current_stack(mlflow_client, name, champion)
+        at = now_iso()
+        mlflow_client.set_registered_model_alias(name, CHAMPION, str(version))
+        if aliases.get(CHALLENGER) == version:
+            mlflow_client.delete_registered_model_alias(name, CHALLENGER)
+        history.append({"version": version, "action": "promote", "at": at, "reason": reason})
+        _write_history(mlflow_client, name, history)
+        mlflow_client.set_model_version_tag(name, str(version), "promoted_at", at)
+        mlflow_client.set_model_version_tag(name, str(version), "promoted_reason", reason)
+        if champion is not None:
+            mlflow_client.set_model_version_tag(name, str(champion), "retired_at", at)
+    return {"model": name, "version": version, "previous": champion, "lock": kind, "changed": True}
+
+
+def rollback(
+    mlflow_client: Any,
+    tracking_uri: str,
+    name: str,
+    *,
+    to: int | None,
+    lock_dir: Path,
+) -> dict[str, Any]:
+    """Restore the previous champion (or an earlier champion `to`) under the lock."""
+    with promotion_lock(tracking_uri, name, lock_dir) as kind:
+        champion = aliases_of(mlflow_client, name).get(CHAMPION)
+        if champion is None:
+            raise InputError(f"model {name!r} has no champion to roll back")
+        stack = _current_stack(mlflow_client, name, champion)
+        earlier = [e["version"] for e in stack[:-1]]
+        if not earlier:
+            raise InputError(f"{name} v{champion} is the first champion: nothing to roll back to")
+        target = earlier[-1] if to is None else to
+        if target not in earlier:
+            raise InputError(
+                f"v{target} was not an earlier champion of {name!r} (earlier: "
+                f"{', '.join(f'v{v}' for v in earlier)}); use `registry promote` instead"
+            )
+        check_loadable(mlflow_client, name, target)
+        at = now_iso()
+        cut = max(i for i, e in enumerate(stack[:-1]) if e["version"] == target)
+        history = stack[: cut + 1]
+        history[-1] = {**history[-1], "restored_at": at}
+        mlflow_client.set_registered_model_alias(name, CHAMPION, str(target))
+        _write_history(mlflow_client, name, history)
+        mlflow_client.set_model_version_tag(name, str(champion), "rolled_back_at", at)
+        mlflow_client.set_model_version_tag(name, str(target), "restored_at", at)
+    return {"model": name, "version": target, "previous": champion, "lock": kind}
+
+
+def record_decision(mlflow_client: Any, name: str, version: int, tags: dict[str, str]) -> None:
+    """Write the gate's decision as tags on the version."""
+    for key, value in {**tags, "gate.at": now_iso()}.items():
+        mlflow_client.set_model_version_tag(name, str(version), key, value)
+
+
+# --------------------------------------------------------------------------- retraining
+
+
+def read_retrains(mlflow_client: Any, name: str) -> list[dict[str, Any]]:
+    """Earlier retrains of a model: [{"at": iso, "trigger": ...}], oldest first."""
+    raw = _model_tags(mlflow_client, name).get(RETRAIN_TAG)
+    return json.loads(raw) if raw else []
+
+
+def record_retrain(mlflow_client: Any, name: str, trigger: str, run: str | None = None) -> None:
+    """Append a retrain to the model's history (the cooldown and daily cap read it)."""
+    history = read_retrains(mlflow_client, name)
+    history.append({"at": now_iso(), "trigger": trigger, "run": run or ""})
+    mlflow_client.set_registered_model_tag(name, RETRAIN_TAG, json.dumps(history[-HISTORY_KEEP:]))
+
+
+def retrain_allowed(
+    history: list[dict[str, Any]],
+    now: datetime,
+    cooldown_hours: float,
+    max_per_day: int,
+) -> tuple[bool, str]:
+    """Whether another retrain may start now, given the earlier ones; with the reason."""
+    times = sorted(datetime.fromisoformat(e["at"]) for e in history)
+    last_day = [t for t in times if (now - t).total_seconds() < 86_400]
+    if len(last_day) >= max_per_day:
+        return False, f"{len(last_day)} retrain(s) in the last 24 h (cap {max_per_day})"
+    if times and (now - times[-1]).total_seconds() < cooldown_hours * 3600:
+        ago = (now - times[-1]).total_seconds() / 3600
+        return False, f"last retrain {ago:.1f} h ago (cooldown {cooldown_hours:g} h)"
+    return True, "allowed"
+
+
+def claim_retrain(
+    mlflow_client: Any,
+    tracking_uri: str,
+    name: str,
+    *,
+    trigger: str,
+    lock_dir: Path,
+    cooldown_hours: float,
+    max_per_day: int,
+    enforce: bool = True,
+    run: str | None = None,
+) -> tuple[bool, str]:
+    """Check the cooldown and daily cap and record the retrain, atomically under the lock."""
+    with promotion_lock(tracking_uri, name, lock_dir):
+        if enforce:
+            ok, why = retrain_allowed(
+                read_retrains(mlflow_client, name), datetime.now(UTC), cooldown_hours, max_per_day
+            )
+            if not ok:
+                return False, why
+        record_retrain(mlflow_client, name, trigger, run)
+    return True, "allowed"

@@ -1,0 +1,163 @@
+"""Drift of a new batch against the training snapshot: per-column (Evidently) and of the scores.
+
+Evidently is imported inside the functions: it takes seconds to import.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from data_checks.errors import InputError
+
+PSI_BINS = 10
+# PSI >= 0.2 is the usual "significant shift" rule of thumb for score distributions.
+PSI_THRESHOLD = 0.2
+KS_PVALUE = 0.01
+
+
+@dataclass
+class DriftResult:
+    """Column drift from Evidently plus drift of the model's score distribution."""
+
+    drift_detected: bool
+    drift_share: float
+    drift_threshold: float
+    drifted_columns: int
+    columns: dict[str, dict[str, Any]]
+    score_drift: dict[str, Any] = field(default_factory=dict)
+    reference_rows: int = 0
+    current_rows: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _definition(frame: pd.DataFrame, columns: list[str]) -> Any:
+    from evidently import DataDefinition
+
+    numeric = [c for c in columns if pd.api.types.is_numeric_dtype(frame[c])]
+    categorical = [c for c in columns if c not in numeric]
+    return DataDefinition(numerical_columns=numeric, categorical_columns=categorical)
+
+
+def column_drift(
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    columns: list[str],
+    drift_share: float,
+) -> tuple[dict[str, dict[str, Any]], float, int, str]:
+    """Per-column drift, share and count of drifted columns, and the HTML report (Evidently)."""
+    from evidently import Dataset, Report
+    from evidently.presets import DataDriftPreset
+
+    missing = [c for c in columns if c not in current.columns]
+    if missing:
+        raise InputError(
+            f"the batch lacks column(s) the model was trained on: {', '.join(missing)}"
+        )
+    definition = _definition(reference, columns)
+    report = Report([DataDriftPreset(columns=columns, drift_share=drift_share)], include_tests=True)
+    snapshot = report.run(
+        Dataset.from_pandas(current[columns].reset_index(drop=True), data_definition=definition),
+        Dataset.from_pandas(reference[columns].reset_index(drop=True), data_definition=definition),
+    )
+    data = snapshot.dict()
+    # Read by metric type and column name, never by position.
+    results: dict[str, dict[str, Any]] = {}
+    share, count = None, None
+    for metric in data["metrics"]:
+        config = metric.get("config", {})
+        kind = str(config.get("type", ""))
+        if kind.endswith(":ValueDrift"):
+            results[config["column"]] = {
+                "method": config.get("method"),
+                "threshold": config.get("threshold"),
+                "score": float(metric["value"]),
+            }
+        elif kind.endswith(":DriftedColumnsCount"):
+            share, count = float(metric["value"]["share"]), int(metric["value"]["count"])
+    for test in data.get("tests", []):
+        params = test.get("metric_config", {}).get("params", {})
+        if str(params.get("type", "")).endswith(":ValueDrift") and params.get("column") in results:
+            results[params["column"]]["drifted"] = test.get("status") == "FAIL"
+    for result in results.values():
+        if "drifted" not in result:  # no test result: apply Evidently's own rule to the score
+            p_value = "p_value" in str(result["method"])
+            limit = float(result["threshold"])
+            result["drifted"] = result["score"] < limit if p_value else result["score"] >= limit
+    if share is None or count is None:
+        raise RuntimeError("Evidently's report has no DriftedColumnsCount metric")
+    return results, share, count, snapshot.get_html_str(as_iframe=False)
+
+
+def population_stability(reference: np.ndarray, current: np.ndarray, bins: int = PSI_BINS) -> float:
+    """PSI of two score samples over quantile bins of the reference."""
+    reference = np.asarray(reference, float)
+    current = np.asarray(current, float)
+    edges = np.unique(np.quantile(reference, np.linspace(0, 1, bins + 1)))
+    if len(edges) < 2:
+        return 0.0 if np.allclose(current, reference[0]) else float("inf")
+    edges[0], edges[-1] = -np.inf, np.inf
+    ref_share = np.histogram(reference, edges)[0] / len(reference)
+    cur_share = np.histogram(current, edges)[0] / len(current)
+    eps = 1e-4  # empty bins would make the log infinite
+    ref_share, cur_share = np.clip(ref_share, eps, None), np.clip(cur_share, eps, None)
+    return float(np.sum((cur_share - ref_share) * np.log(cur_share / ref_share)))
+
+
+def score_drift(
+    reference_scores: np.ndarray,
+    current_scores: np.ndarray,
+    threshold: float | None = None,
+    psi_threshold: float = PSI_THRESHOLD,
+) -> dict[str, Any]:
+    """KS test and PSI of the champion's scores on the training snapshot vs the batch."""
+    from scipy.stats import ks_2samp
+
+    ks = ks_2samp(reference_scores, current_scores)
+    psi = population_stability(reference_scores, current_scores)
+    out: dict[str, Any] = {
+        "ks_statistic": float(ks.statistic),
+        "ks_pvalue": float(ks.pvalue),
+        "psi": psi,
+        "psi_threshold": psi_threshold,
+        "drifted": bool(psi >= psi_threshold and ks.pvalue < KS_PVALUE),
+    }
+    if threshold is not None:
+        out["reference_alert_rate"] = float((np.asarray(reference_scores) > threshold).mean())
+        out["current_alert_rate"] = float((np.asarray(current_scores) > threshold).mean())
+    return out
+
+
+def detect_drift(
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    columns: list[str],
+    *,
+    drift_threshold: float,
+    reference_scores: np.ndarray | None = None,
+    current_scores: np.ndarray | None = None,
+    score_threshold: float | None = None,
+) -> tuple[DriftResult, str]:
+    """Column and score drift of a batch; drift is detected when either crosses its threshold."""
+    results, share, count, html = column_drift(reference, current, columns, drift_threshold)
+    scores: dict[str, Any] = {}
+    if reference_scores is not None and current_scores is not None:
+        scores = score_drift(reference_scores, current_scores, score_threshold)
+    return (
+        DriftResult(
+            drift_detected=share >= drift_threshold or bool(scores.get("drifted")),
+            drift_share=share,
+            drift_threshold=drift_threshold,
+            drifted_columns=count,
+            columns=results,
+            score_drift=scores,
+            reference_rows=len(reference),
+            current_rows=len(current),
+        ),
+        html,
+    )
