@@ -49,6 +49,10 @@ def ingest_dataset(
 
 
 if __name__ == "__main__":
-    import sys
+    import tempfile
+    from pathlib import Path
 
-    print(ingest_dataset(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "example"))
+    from deployments.demo import LABEL, build_demo_files
+
+    files = build_demo_files(Path(tempfile.mkdtemp()))
+    print(ingest_dataset(str(files["train"]), "example", label_column=LABEL))

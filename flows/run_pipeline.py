@@ -42,6 +42,10 @@ def pipeline(
 
 
 if __name__ == "__main__":
-    import sys
+    import tempfile
+    from pathlib import Path
 
-    print(pipeline(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "example"))
+    from deployments.demo import LABEL, build_demo_files
+
+    files = build_demo_files(Path(tempfile.mkdtemp()))
+    print(pipeline(str(files["train"]), "example", str(files["batch"]), label_column=LABEL))

@@ -72,6 +72,13 @@ def score_batch(
 
 
 if __name__ == "__main__":
-    import sys
+    import tempfile
+    from pathlib import Path
 
-    print(score_batch(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "example"))
+    from deployments.demo import LABEL, build_demo_files
+
+    files = build_demo_files(Path(tempfile.mkdtemp()))
+    from flows.train_detector import train_detector
+
+    train_detector(str(files["train"]), "example", label_column=LABEL)
+    print(score_batch(str(files["batch"]), "example"))

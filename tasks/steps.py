@@ -13,7 +13,7 @@ from prefect.cache_policies import NO_CACHE
 
 from data_checks.errors import InputError
 from data_checks.suite import ValidationReport
-from tasks.ingest import Manifest, load_snapshot, snapshot_source
+from tasks.ingest import Manifest, load_manifest, load_snapshot, snapshot_key, snapshot_source
 from tasks.store import ArtifactStore
 from tasks.validate import validate_snapshot
 
@@ -45,6 +45,14 @@ def load_source(
     return snapshot_source(
         source, dataset, store, query=query, chunk_rows=chunk_rows, delimiter=delimiter
     )
+
+
+@task(name="load_manifest", cache_policy=NO_CACHE, **IO)
+def load_stored_manifest(store: ArtifactStore, dataset: str, sha256: str) -> Manifest:
+    """The manifest of a stored snapshot (an InputError names it when it does not exist)."""
+    if not store.exists(snapshot_key(dataset, sha256, "json")):
+        raise InputError(f"dataset {dataset!r} has no snapshot {sha256!r}")
+    return load_manifest(store, dataset, sha256)
 
 
 @task(name="validate_snapshot", cache_policy=NO_CACHE)

@@ -1,0 +1,42 @@
+"""Flow: validate a stored snapshot again, e.g. after someone edited the dataset's suite."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+
+from deployments.settings import get_settings
+from tasks.steps import load_stored_manifest, validate_batch
+
+
+@flow(name="validate-dataset", log_prints=True)
+def validate_dataset(dataset: str, sha256: str, suite: str | None = None) -> dict[str, Any]:
+    """Run a dataset's expectation suite (or another named suite) on one of its snapshots."""
+    settings = get_settings()
+    store = settings.store()
+
+    # Load the snapshot's manifest
+    manifest = load_stored_manifest(store, dataset, sha256)
+
+    # Validate (a failing snapshot is quarantined and the flow fails with the reason)
+    report = validate_batch(store, manifest, suite_name=suite)
+
+    create_markdown_artifact(
+        key="validation-summary",
+        markdown=f"## Validation of `{dataset}` `{sha256[:12]}`\n\n{report.summary()}",
+    )
+    return report.to_dict()
+
+
+if __name__ == "__main__":
+    import tempfile
+    from pathlib import Path
+
+    from deployments.demo import build_demo_files
+    from flows.ingest_dataset import ingest_dataset
+
+    files = build_demo_files(Path(tempfile.mkdtemp()))
+    ingested = ingest_dataset(str(files["train"]), "example")
+    print(validate_dataset("example", ingested["sha256"]))
