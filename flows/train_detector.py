@@ -135,6 +135,10 @@ def train_detector(
 
 
 if __name__ == "__main__":
-    import sys
+    import tempfile
+    from pathlib import Path
 
-    print(train_detector(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "example"))
+    from deployments.demo import LABEL, build_demo_files
+
+    files = build_demo_files(Path(tempfile.mkdtemp()))
+    print(train_detector(str(files["train"]), "example", label_column=LABEL))
