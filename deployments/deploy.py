@@ -152,7 +152,11 @@ def _ensure_work_pool(client: Any) -> str:
 
 
 def _run_prefect_deploy(
-    prefect_file: Path, names: list[str] | None, root: Path, timeout: float
+    prefect_file: Path,
+    names: list[str] | None,
+    root: Path,
+    timeout: float,
+    api_env: dict[str, str],
 ) -> None:
     """`prefect deploy` (all deployments, or the named ones) from the repo folder."""
     cmd = [sys.executable, "-m", "prefect", "--no-prompt", "deploy"]
@@ -165,7 +169,7 @@ def _run_prefect_deploy(
     proc = subprocess.run(
         cmd,
         cwd=root,
-        env=deploy_environment(dict(os.environ)),
+        env=deploy_environment(dict(os.environ)) | api_env,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -186,17 +190,24 @@ def register(
     started = time.perf_counter()
     prefect_file = (prefect_file or repo_dir() / "prefect.yaml").resolve()
     root = prefect_file.parent
-    api_url = os.environ.get("PREFECT_API_URL")
-    if not api_url:
-        # Read through Prefect too: a profile may set it.
-        from prefect.settings import PREFECT_API_URL
+    # Prefect's current settings: the environment, a profile or temporary_settings.
+    from prefect.settings import get_current_settings
 
-        api_url = PREFECT_API_URL.value()
+    api = get_current_settings().api
+    api_url = api.url
     if not api_url:
         raise InputError(
             "PREFECT_API_URL is not set: start a Prefect server (`pynomaly services up`, then "
             "`source DIR/pynomaly.env`) or point PREFECT_API_URL at yours"
         )
+    # `prefect deploy` runs in a subprocess: hand it the same API and credentials.
+    api_env = {"PREFECT_API_URL": api_url}
+    for name, secret in (
+        ("PREFECT_API_AUTH_STRING", api.auth_string),
+        ("PREFECT_API_KEY", api.key),
+    ):
+        if secret is not None:
+            api_env[name] = secret.get_secret_value()
 
     project = load_project(prefect_file)
     chosen = select_deployments(project, names)
@@ -217,7 +228,7 @@ def register(
 
     with get_client(sync_client=True) as client:
         pool = _ensure_work_pool(client)
-        _run_prefect_deploy(prefect_file, names, root, timeout)
+        _run_prefect_deploy(prefect_file, names, root, timeout, api_env)
         deployed = []
         retrain_id = None
         for spec in chosen:
