@@ -31,6 +31,19 @@ QueryOpt = Annotated[
     str | None, typer.Option("--query", help="For a SQL URL source: a table name or a SELECT.")
 ]
 DelimOpt = Annotated[str, typer.Option("--delimiter", help="CSV field delimiter.")]
+LabelOpt = Annotated[
+    str | None, typer.Option("--label-column", help="0/1 labels, for hold-out metrics.")
+]
+DetectorOpt = Annotated[str, typer.Option("--detector", help="Catalog name or 'auto'.")]
+ContaminationOpt = Annotated[
+    float | None, typer.Option("--contamination", help="Expected anomaly share.")
+]
+BudgetOpt = Annotated[float, typer.Option("--time-budget", help="AutoML seconds.")]
+TrialsOpt = Annotated[int | None, typer.Option("--trials", help="AutoML trial cap.")]
+WorkersOpt = Annotated[int, typer.Option("--workers", help="AutoML parallel workers.")]
+BatchOpt = Annotated[
+    str | None, typer.Option("--batch-id", help="Default: the batch's content hash.")
+]
 
 
 def _quiet_libraries() -> None:
@@ -46,7 +59,14 @@ def _quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def run(work: Callable[[], dict[str, Any]], *, as_json: bool, debug: bool, status: str) -> dict:
+def run(
+    work: Callable[[], dict[str, Any]],
+    *,
+    as_json: bool,
+    debug: bool,
+    status: str,
+    sources: tuple[str | None, ...] = (),
+) -> dict:
     """Run a command body: environment first, errors as one line (exit 2 bad input, 1 other)."""
     from data_checks.errors import InputError
     from deployments.settings import apply_runtime_environment, get_settings
@@ -54,6 +74,8 @@ def run(work: Callable[[], dict[str, Any]], *, as_json: bool, debug: bool, statu
     if not debug:
         _quiet_libraries()
     try:
+        for source in sources:
+            _check_local_file(source)
         settings = get_settings()
         apply_runtime_environment(settings)
         if not debug:
@@ -81,6 +103,14 @@ def run(work: Callable[[], dict[str, Any]], *, as_json: bool, debug: bool, statu
     if as_json:
         sys.stdout.write(json.dumps(result, default=str) + "\n")
     return result
+
+
+def _check_local_file(source: str | None) -> None:
+    """Fail at once on a missing local file, before the seconds Prefect takes to start."""
+    from data_checks.errors import InputError
+
+    if source and "://" not in source and not os.path.exists(source):
+        raise InputError(f"{source}: file not found")
 
 
 class _nothing:
@@ -136,7 +166,7 @@ def ingest(
 
         return ingest_dataset(source, dataset, query, delimiter, label_column)
 
-    result = run(work, as_json=as_json, debug=debug, status="Ingesting…")
+    result = run(work, as_json=as_json, debug=debug, status="Ingesting…", sources=(source,))
     if not as_json:
         show(
             f"Dataset {dataset}",
@@ -156,16 +186,12 @@ def ingest(
 def train(
     source: Annotated[str, typer.Argument(help="Training data: path, s3:// URI or SQL URL.")],
     model: Annotated[str, typer.Option("--model", help="Registered model name.")],
-    label_column: Annotated[
-        str | None, typer.Option("--label-column", help="0/1 labels, for hold-out metrics.")
-    ] = None,
-    detector: Annotated[str, typer.Option("--detector", help="Catalog name or 'auto'.")] = (
-        "iforest"
-    ),
-    contamination: Annotated[float | None, typer.Option(help="Expected anomaly share.")] = None,
-    time_budget: Annotated[float, typer.Option("--time-budget", help="AutoML seconds.")] = 60.0,
-    trials: Annotated[int | None, typer.Option("--trials", help="AutoML trial cap.")] = None,
-    workers: Annotated[int, typer.Option("--workers", help="AutoML parallel workers.")] = 1,
+    label_column: LabelOpt = None,
+    detector: DetectorOpt = "iforest",
+    contamination: ContaminationOpt = None,
+    time_budget: BudgetOpt = 60.0,
+    trials: TrialsOpt = None,
+    workers: WorkersOpt = 1,
     dataset: Annotated[str | None, typer.Option("--dataset")] = None,
     query: QueryOpt = None,
     delimiter: DelimOpt = ",",
@@ -191,7 +217,7 @@ def train(
             n_workers=workers,
         )
 
-    result = run(work, as_json=as_json, debug=debug, status="Training…")
+    result = run(work, as_json=as_json, debug=debug, status="Training…", sources=(source,))
     if not as_json:
         show(f"Trained {model}", model_rows(result))
 
@@ -201,9 +227,7 @@ def score(
     source: Annotated[str, typer.Argument(help="The batch: path, s3:// URI or SQL URL.")],
     model: Annotated[str, typer.Option("--model", help="NAME or NAME@ALIAS (champion).")],
     version: Annotated[int | None, typer.Option("--version", help="A version number.")] = None,
-    batch_id: Annotated[
-        str | None, typer.Option("--batch-id", help="Default: the batch content hash.")
-    ] = None,
+    batch_id: BatchOpt = None,
     query: QueryOpt = None,
     delimiter: DelimOpt = ",",
     as_json: JsonOpt = False,
@@ -218,7 +242,7 @@ def score(
             source, model, version=version, batch_id=batch_id, query=query, delimiter=delimiter
         )
 
-    result = run(work, as_json=as_json, debug=debug, status="Scoring…")
+    result = run(work, as_json=as_json, debug=debug, status="Scoring…", sources=(source,))
     if not as_json:
         show(f"Scored batch {result['batch_id']}", result)
 
@@ -230,11 +254,11 @@ def pipeline(
     score_source: Annotated[
         str | None, typer.Option("--score", help="Batch to score (default: the source).")
     ] = None,
-    label_column: Annotated[str | None, typer.Option("--label-column")] = None,
-    detector: Annotated[str, typer.Option("--detector")] = "iforest",
-    contamination: Annotated[float | None, typer.Option()] = None,
-    time_budget: Annotated[float, typer.Option("--time-budget")] = 60.0,
-    batch_id: Annotated[str | None, typer.Option("--batch-id")] = None,
+    label_column: LabelOpt = None,
+    detector: DetectorOpt = "iforest",
+    contamination: ContaminationOpt = None,
+    time_budget: BudgetOpt = 60.0,
+    batch_id: BatchOpt = None,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -254,7 +278,13 @@ def pipeline(
             batch_id=batch_id,
         )
 
-    result = run(work, as_json=as_json, debug=debug, status="Running the pipeline…")
+    result = run(
+        work,
+        as_json=as_json,
+        debug=debug,
+        status="Running the pipeline…",
+        sources=(source, score_source),
+    )
     if not as_json:
         rows = model_rows(result)
         rows.update({k: result[k] for k in ("batch_id", "rows_scored", "anomalies")})
@@ -264,7 +294,7 @@ def pipeline(
 @app.command()
 def demo(
     model: Annotated[str, typer.Option("--model")] = "breast-cancer",
-    detector: Annotated[str, typer.Option("--detector")] = "iforest",
+    detector: DetectorOpt = "iforest",
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
