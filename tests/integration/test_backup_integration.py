@@ -1,0 +1,334 @@
+"""Backups on PostgreSQL + S3 (moto): round trip after dropping everything, versioned buckets,
+encryption, refusal of damaged backups, pruning in S3, scratch drills, backups under load."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from data_checks.errors import InputError
+from deployments.settings import Settings, get_settings
+from tasks import backup
+from tasks.results import detection_results, replace_batch, results_engine
+from tasks.store import s3_client
+
+pytestmark = pytest.mark.integration
+
+FEATURES = ["a", "b", "c"]
+
+
+@pytest.fixture
+def platform(pg_server: Any, s3_endpoint: str, s3_bucket: str, tmp_path, monkeypatch) -> Settings:
+    """Settings on PostgreSQL (MLflow, results, Optuna) and S3 (artifacts, backups)."""
+    token = uuid.uuid4().hex[:8]
+    urls = {role: pg_server.create_database(f"{role}_{token}") for role in ("mlflow", "res", "opt")}
+    backups = f"backups-{token}"
+    s3_client(s3_endpoint).create_bucket(Bucket=backups)
+    env = {
+        "PYNOMALY_HOME": str(tmp_path / "home"),
+        "PYNOMALY_TRACKING_URI": urls["mlflow"],
+        "PYNOMALY_RESULTS_DB_URL": urls["res"],
+        "PYNOMALY_OPTUNA_STORAGE": urls["opt"],
+        "PYNOMALY_ARTIFACT_ROOT": f"s3://{s3_bucket}/artifacts",
+        "PYNOMALY_BACKUP_ROOT": f"s3://{backups}/platform",
+        "PYNOMALY_S3_ENDPOINT_URL": s3_endpoint,
+        "MLFLOW_S3_ENDPOINT_URL": s3_endpoint,
+        # Dropping a database kills its connections; unpooled MLflow sessions reconnect.
+        "MLFLOW_SQLALCHEMYSTORE_POOLCLASS": "NullPool",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    yield get_settings()
+    get_settings.cache_clear()
+    for role in ("mlflow", "res", "opt"):
+        pg_server.drop_database(f"{role}_{token}")
+
+
+def log_versions(settings: Settings, name: str, versions: int) -> None:
+    """Register small IForest detectors as versions of `name` (artifacts land in S3)."""
+    import mlflow
+    from mlflow.models import infer_signature
+    from pyod.models.iforest import IForest
+
+    from registry.model import DetectorModel
+    from registry.tracking import ensure_experiment
+    from registry.versions import client, register_version
+
+    tracking = settings.mlflow_tracking_uri
+    experiment = ensure_experiment("pynomaly", tracking, settings.artifact_store)
+    mlflow_client = client(tracking)
+    x = pd.DataFrame(np.random.default_rng(7).normal(size=(64, 3)), columns=FEATURES)
+    for seed in range(versions):
+        model = DetectorModel(IForest(n_estimators=10, random_state=seed).fit(x), 0.0, FEATURES)
+        example = x.head(5)
+        with mlflow.start_run(experiment_id=experiment) as run:
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=model,
+                signature=infer_signature(example, model.predict(None, example)),
+                input_example=example,
+                pip_requirements=["pyod"],
+            )
+        register_version(mlflow_client, info.model_uri, name, run.info.run_id, tags={})
+
+
+def score_rows(engine: sa.Engine, batch: str, rows: int, version: int = 1) -> None:
+    idx = np.arange(rows)
+    frame = pd.DataFrame({"row_index": idx, "score": idx / rows, "is_anomaly": idx % 10 == 0})
+    replace_batch(
+        engine,
+        batch,
+        [frame],
+        model_name="alpha",
+        model_version=version,
+        scored_at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+
+
+def build_state(settings: Settings) -> None:
+    """Models with aliases, detection rows, an Optuna study, a suite and a dataset in S3."""
+    import optuna
+
+    log_versions(settings, "alpha", 2)
+    log_versions(settings, "beta", 1)
+    engine = results_engine(settings.results_url)
+    score_rows(engine, "batch-1", 3_000)
+    score_rows(engine, "batch-2", 700)
+    engine.dispose()
+    study = optuna.create_study(study_name="tune-alpha", storage=settings.optuna_storage)
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=4)
+    store = settings.store()
+    store.put_bytes("expectations/alpha.json", b'{"name": "alpha"}')
+    store.put_bytes("datasets/alpha/abc.parquet", b"bytes standing in for a snapshot")
+
+
+def snapshot(settings: Settings) -> dict[str, Any]:
+    """What a restore must bring back, comparable."""
+    import optuna
+
+    from registry.versions import aliases_of, client
+
+    mlflow_client = client(settings.mlflow_tracking_uri)
+    models = {}
+    for rm in mlflow_client.search_registered_models():
+        versions = mlflow_client.search_model_versions(f"name='{rm.name}'")
+        models[rm.name] = {
+            "aliases": aliases_of(mlflow_client, rm.name),
+            "versions": sorted((int(v.version), v.run_id, v.source) for v in versions),
+        }
+    engine = sa.create_engine(settings.results_url, poolclass=sa.NullPool)
+    rows = pd.read_sql(detection_results.select(), engine).sort_values(["batch_id", "row_index"])
+    engine.dispose()
+    store = settings.store()
+    files = {k: hashlib.sha256(store.get_bytes(k)).hexdigest() for k in store.list()}
+    trials = optuna.load_study(study_name="tune-alpha", storage=settings.optuna_storage).trials
+    return {
+        "models": models,
+        "rows": rows.reset_index(drop=True),
+        "files": files,
+        "trials": [(t.number, t.params, t.value) for t in trials],
+    }
+
+
+def destroy(settings: Settings, pg_server: Any) -> None:
+    """Drop every database and delete every artifact object."""
+    for url in (settings.mlflow_tracking_uri, settings.results_url, settings.optuna_storage):
+        pg_server.drop_database(sa.make_url(url).database)
+    store = settings.store()
+    for key in store.list():
+        store.delete(key)
+    assert store.list() == []
+
+
+def parts(settings: Settings) -> tuple[backup.PlatformState, backup.BackupStore]:
+    store = backup.backup_store(settings.backup_store_root, settings.s3_endpoint_url)
+    return backup.platform_state(settings), store
+
+
+def drill_databases(pg_server: Any) -> list[str]:
+    engine = sa.create_engine(pg_server.database_url(), poolclass=sa.NullPool)
+    with engine.connect() as conn:
+        names = [r[0] for r in conn.execute(sa.text("SELECT datname FROM pg_database"))]
+    engine.dispose()
+    return [n for n in names if "_drill_" in n]
+
+
+def test_postgres_s3_backup_drill_destroy_restore_is_identical(
+    platform: Settings, pg_server: Any
+) -> None:
+    build_state(platform)
+    state, store = parts(platform)
+    before = snapshot(platform)
+
+    manifest = backup.create_backup(state, store)
+
+    assert manifest["artifacts"]["mode"] == "copy"  # the bucket is not versioned
+    taken = {role: i["kind"] for role, i in manifest["databases"].items() if not i.get("absent")}
+    assert taken == {"mlflow": "postgresql", "results": "postgresql", "optuna": "postgresql"}
+    assert sorted(manifest["files"]) == [
+        "artifacts.tar.gz",
+        "champions.json.gz",
+        "expectations.tar.gz",
+        "mlflow.pgdump",
+        "optuna.pgdump",
+        "results.pgdump",
+    ]
+    counts = manifest["counts"]
+    assert (counts["registered_models"], counts["model_versions"], counts["aliases"]) == (2, 3, 3)
+    assert (counts["detection_rows"], counts["optuna_trials"]) == (3_700, 4)
+    assert counts["artifacts"] == len(before["files"])
+    assert "password" not in str(manifest) and pg_server.password not in str(manifest)
+    # Every backup object is encrypted at rest.
+    bucket, prefix = backup.split_s3_uri(store.uri(manifest["id"]))
+    client = s3_client(platform.s3_endpoint_url)
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]]
+    assert len(keys) == len(manifest["files"]) + 2
+    for key in keys:
+        assert client.head_object(Bucket=bucket, Key=key)["ServerSideEncryption"] == "AES256"
+
+    drill = backup.drill_restore(state, store, "latest")
+    assert drill["verification"]["champions_checked"] == 2
+    assert drill_databases(pg_server) == []  # scratch databases dropped
+    assert snapshot(platform)["models"] == before["models"]
+
+    destroy(platform, pg_server)
+    report = backup.restore_backup(state, store, manifest["id"])
+
+    after = snapshot(platform)
+    assert after["models"] == before["models"]
+    pd.testing.assert_frame_equal(after["rows"], before["rows"])
+    assert after["files"] == before["files"]
+    assert after["trials"] == before["trials"]
+    assert report["verification"]["champions_checked"] == 2
+    assert sorted(report["databases"]) == ["mlflow", "optuna", "results"]
+
+
+def test_versioned_bucket_is_listed_and_restored_by_version(
+    platform: Settings, pg_server: Any, s3_bucket: str
+) -> None:
+    client = s3_client(platform.s3_endpoint_url)
+    client.put_bucket_versioning(Bucket=s3_bucket, VersioningConfiguration={"Status": "Enabled"})
+    build_state(platform)
+    state, store = parts(platform)
+    before = snapshot(platform)
+
+    manifest = backup.create_backup(state, store)
+    assert manifest["artifacts"]["mode"] == "listing"
+    assert "artifacts-listing.json.gz" in manifest["files"]
+    assert "artifacts.tar.gz" not in manifest["files"]
+
+    # Overwrite one object, then delete everything (delete markers) and drop the databases.
+    platform.store().put_bytes("datasets/alpha/abc.parquet", b"changed after the backup")
+    destroy(platform, pg_server)
+    drill = backup.drill_restore(state, store, manifest["id"])  # reads old versions only
+    assert drill["verification"]["champions_checked"] == 2
+
+    report = backup.restore_backup(state, store, manifest["id"])
+
+    assert report["artifact_versions_restored"] == len(before["files"])
+    after = snapshot(platform)
+    assert after["files"] == before["files"]
+    assert after["models"] == before["models"]
+    pd.testing.assert_frame_equal(after["rows"], before["rows"])
+
+
+def test_damaged_backup_in_s3_is_refused(platform: Settings) -> None:
+    build_state(platform)
+    state, store = parts(platform)
+    manifest = backup.create_backup(state, store, record_champions=False)
+    key = f"{manifest['id']}/mlflow.pgdump"
+    store.put_bytes(key, store.get_bytes(key)[:-100])
+    engine = results_engine(platform.results_url)
+    score_rows(engine, "after-backup", 10)
+    engine.dispose()
+
+    with pytest.raises(InputError, match=r"mlflow\.pgdump is corrupted"):
+        backup.restore_backup(state, store, manifest["id"])
+
+    assert [b["id"] for b in backup.list_backups(store)] == [manifest["id"]]
+    engine = sa.create_engine(platform.results_url, poolclass=sa.NullPool)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM detection_results")).scalar() == 3_710
+    engine.dispose()
+
+
+def test_prune_in_s3_deletes_exactly_the_dropped_backups(platform: Settings) -> None:
+    store = backup.backup_store(platform.backup_store_root, platform.s3_endpoint_url)
+    now = datetime(2026, 3, 11, 12, tzinfo=UTC)
+    made = [now - timedelta(hours=10 * k) for k in range(12)]  # every 10 h back 4.6 days
+    ids = [backup.new_backup_id(t) for t in made]
+    for backup_id in ids:
+        store.put_bytes(f"{backup_id}/{backup.MANIFEST}", b"{}")
+        store.put_bytes(f"{backup_id}/results.pgdump", b"x")
+
+    result = backup.prune_backups(
+        store, keep_last=2, keep_daily_days=3, keep_weekly_weeks=0, now=now
+    )
+
+    # newest two (k=0, 1) + newest of 11 Mar (k=0), 10 Mar (k=2: 16:00), 9 Mar (k=4: 20:00)
+    kept = {ids[0], ids[1], ids[2], ids[4]}
+    assert set(result["kept"]) == kept
+    assert {k.split("/")[0] for k in store.list()} == kept
+    assert len(store.list()) == 2 * len(kept)
+
+
+def test_backup_during_postgres_scoring_restores_whole_batches(
+    platform: Settings, pg_server: Any
+) -> None:
+    state, store = parts(platform)
+    engine = results_engine(platform.results_url)
+    rows_per_batch = 20_000
+    stop = threading.Event()
+    writes: list[float] = []
+    failures: list[BaseException] = []
+
+    def keep_scoring() -> None:
+        version = 0
+        while not stop.is_set():
+            version += 1
+            try:
+                score_rows(engine, f"live-{version % 3}", rows_per_batch, version=version)
+            except BaseException as exc:  # noqa: BLE001 - surfaced by the assert below
+                failures.append(exc)
+                return
+            writes.append(time.monotonic())
+
+    writer = threading.Thread(target=keep_scoring)
+    writer.start()
+    try:
+        while len(writes) < 3 and not failures:
+            time.sleep(0.01)
+        started = time.monotonic()
+        manifest = backup.create_backup(state, store, record_champions=False)
+        finished = time.monotonic()
+        while not failures and not any(w > finished for w in writes):
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        writer.join()
+        engine.dispose()
+    assert not failures
+    assert any(started < w < finished for w in writes), "no scoring ran during the backup"
+
+    backup.restore_backup(state, store, manifest["id"], safety_backup=False)
+
+    check = sa.create_engine(platform.results_url, poolclass=sa.NullPool)
+    per_batch = pd.read_sql(
+        "SELECT batch_id, count(*) AS n, count(DISTINCT model_version) AS versions "
+        "FROM detection_results GROUP BY batch_id",
+        check,
+    )
+    check.dispose()
+    assert len(per_batch) >= 1
+    assert (per_batch.n == rows_per_batch).all() and (per_batch.versions == 1).all()
+    assert per_batch.n.sum() == manifest["counts"]["detection_rows"]
