@@ -23,6 +23,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+ALIAS_CHIP = "@ champion"
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -150,8 +151,11 @@ def check_mlflow(
             {"headers": {"Authorization": basic_auth(f"{user}:{password}")}},
         )
     page = f"{base}/#/models/{model}"
+    # Tall enough that the versions table (with the alias) shows below the model's tags.
+    driver.set_window_size(1400, 1800)
     driver.get(page)
-    missing = wait_for_text(driver, [model, "champion"], timeout)
+    # The alias chip of a version reads "@ champion" (tags such as champion_history do not).
+    missing = wait_for_text(driver, [model, ALIAS_CHIP], timeout)
     shot = out / "mlflow-model.png"
     driver.save_screenshot(str(shot))
     return {"page": page, "screenshot": str(shot), "missing": missing, "ok": not missing}
