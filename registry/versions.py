@@ -108,7 +108,11 @@ def register_version(
         mlflow_client.create_registered_model(
             name, description="Anomaly detector registered by Pynomaly."
         )
-    mv = mlflow_client.create_model_version(name, model_uri, run_id=run_id, tags=tags)
+    # A tracking server only accepts a models:/<model_id> source together with that model_id.
+    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+    mv = mlflow_client.create_model_version(
+        name, model_uri, run_id=run_id, tags=tags, model_id=model_id
+    )
     alias = CHALLENGER if CHAMPION in aliases_of(mlflow_client, name) else CHAMPION
     mlflow_client.set_registered_model_alias(name, alias, mv.version)
     return int(mv.version), alias
