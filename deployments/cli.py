@@ -356,9 +356,13 @@ def demo(
 
 def _mount_subcommands() -> None:
     """Command groups that live in their own modules (each imports only typer at the top)."""
+    from deployments.deploy import deploy
     from deployments.services_cli import services_app
 
     app.add_typer(services_app, name="services", help="Local production services.")
+    app.command(help="Register the Prefect deployments and the drift -> retrain automation.")(
+        deploy
+    )
 
 
 _mount_subcommands()

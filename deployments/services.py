@@ -620,6 +620,8 @@ def start_prefect(
     env = _clean_env(("PREFECT_",))
     env |= {
         "PREFECT_HOME": str(home),
+        # The UI calls this URL from the browser; its default assumes port 4200.
+        "PREFECT_SERVER_UI_API_URL": f"http://{HOST}:{port}/api",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_DATABASE_CONNECTION_URL": database_url,
         "PREFECT_SERVER_UI_ENABLED": "true" if ui else "false",
