@@ -53,14 +53,24 @@ def load_evaluation_data(
         )
         where = manifest.source
     else:
+        # The version's own training data, else the champion's, else the newest version's
+        # (a hand-made champion has none).
+        others = sorted(
+            mlflow_client.search_model_versions(f"name = '{model}'"),
+            key=lambda mv: -int(mv.version),
+        )
+        candidates = [target, champion] + [
+            resolve_version(mlflow_client, model, version=int(mv.version))
+            for mv in others
+            if (mv.tags or {}).get("dataset_sha256")
+        ]
         holdout_of = next(
-            (v for v in (target, champion) if v is not None and v.tags.get("dataset_sha256")),
-            None,
+            (v for v in candidates if v is not None and v.tags.get("dataset_sha256")), None
         )
         if holdout_of is None:
             raise InputError(
-                f"{model} v{version} has no training snapshot and there is no champion with "
-                "one: pass --data SOURCE to evaluate it on"
+                f"no version of {model!r} has a training snapshot to evaluate v{version} on: "
+                "pass --data SOURCE"
             )
         manifest = load_manifest(
             store, holdout_of.tags["dataset"], holdout_of.tags["dataset_sha256"]
