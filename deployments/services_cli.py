@@ -155,6 +155,12 @@ def _client_env(state: dict[str, Any], secrets: dict[str, str]) -> dict[str, str
             env["AWS_DEFAULT_REGION"] = "us-east-1"
     if "mlflow" in svc:
         env["PYNOMALY_TRACKING_URI"] = svc["mlflow"]["url"]
+        if "postgres" in svc:
+            # Backups dump the server's database directly, not through its REST API.
+            env["PYNOMALY_MLFLOW_BACKEND_URI"] = (
+                f"postgresql+psycopg2://postgres:{secrets['POSTGRES_PASSWORD']}"
+                f"@127.0.0.1:{svc['postgres']['port']}/mlflow"
+            )
         env["MLFLOW_TRACKING_USERNAME"] = "admin"
         env["MLFLOW_TRACKING_PASSWORD"] = secrets["MLFLOW_ADMIN_PASSWORD"]
     if "prefect" in svc:

@@ -19,6 +19,9 @@ class Settings(BaseSettings):
 
     home: Path = Field(Path(".pynomaly"), description="Folder for all embedded state.")
     tracking_uri: str | None = Field(None, description="MLflow tracking URI.")
+    mlflow_backend_uri: str | None = Field(
+        None, description="Database behind an MLflow server (backups dump it directly)."
+    )
     artifact_root: str | None = Field(
         None, description="Artifact store: a folder or s3://bucket/prefix."
     )

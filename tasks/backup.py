@@ -154,10 +154,12 @@ def platform_state(settings: Any) -> PlatformState:
     """The platform's state as the settings describe it."""
     tracking = settings.mlflow_tracking_uri
     if tracking.startswith(("http://", "https://", "databricks")):
-        raise InputError(
-            f"the MLflow tracking URI {tracking} is a server: backups read its database, so set "
-            "PYNOMALY_TRACKING_URI to the backend store's database URL where backups run"
-        )
+        if not settings.mlflow_backend_uri:
+            raise InputError(
+                f"the MLflow tracking URI {tracking} is a server: backups read its database, "
+                "so set PYNOMALY_MLFLOW_BACKEND_URI to the server's backend store URL"
+            )
+        tracking = settings.mlflow_backend_uri
     return PlatformState(
         mlflow=Database("mlflow", tracking),
         results=Database("results", settings.results_url),
