@@ -30,10 +30,14 @@ def compare_with_training_data(
     from tasks.ingest import load_manifest, load_snapshot
 
     dataset, sha = resolved.tags.get("dataset"), resolved.tags.get("dataset_sha256")
+    if not sha and resolved.tags.get("reference_snapshot"):
+        # A hand-made model: the data the gate judged it on stands in for its training data.
+        dataset, _, sha = resolved.tags["reference_snapshot"].partition("/")
     if not dataset or not sha:
         raise InputError(
             f"{resolved.name} v{resolved.version} has no training snapshot tags "
-            "(dataset, dataset_sha256): nothing to compare the batch with"
+            "(dataset, dataset_sha256) and was never evaluated on a snapshot: "
+            f"run `pynomaly registry evaluate {resolved.name} --version {resolved.version}`"
         )
     reference = load_snapshot(store, load_manifest(store, dataset, sha))
     current = load_snapshot(store, batch)
@@ -63,7 +67,8 @@ def log_drift_run(
         "pynomaly.kind": "drift",
         "model": resolved.name,
         "model_version": str(resolved.version),
-        "reference_sha256": resolved.tags.get("dataset_sha256", ""),
+        "reference_sha256": resolved.tags.get("dataset_sha256")
+        or resolved.tags.get("reference_snapshot", ""),
         "batch_sha256": batch.sha256,
         "drift_detected": str(result["drift_detected"]).lower(),
     }

@@ -80,7 +80,7 @@ def load_evaluation_data(
     label = label_column or next(
         (
             v.tags.get("label_column")
-            for v in (target, champion)
+            for v in (target, champion, holdout_of)
             if v is not None and v.tags.get("label_column") in frame.columns
         ),
         None,
@@ -99,6 +99,7 @@ def load_evaluation_data(
         "label_column": label,
         "target": target,
         "champion": champion,
+        "snapshot": f"{manifest.dataset}/{manifest.sha256}",
     }
 
 
@@ -160,6 +161,9 @@ def gate_version(
     tags["threshold"] = repr(evaluation.threshold)
     tags["threshold_source"] = evaluation.threshold_source
     tags["score_convention"] = evaluation.convention
+    if not target.tags.get("dataset_sha256"):
+        # A hand-made model has no training snapshot: drift checks compare with this data.
+        tags["reference_snapshot"] = batch["snapshot"]
     record_decision(mlflow_client, model, target.version, tags)
     return {
         **evaluation.decision.as_dict(),

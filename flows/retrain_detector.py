@@ -144,7 +144,13 @@ def retrain_detector(
 
     # Window
     parts = choose_window(earlier, new, window, window_size)
-    label = label_column or champion.tags.get("label_column") or None
+    # A hand-made champion has no label tag: the platform-trained versions know the column.
+    known = [(mv.tags or {}).get("label_column") for mv in versions]
+    label = (
+        label_column
+        or champion.tags.get("label_column")
+        or next((c for c in reversed(known) if c), None)
+    )
 
     # Train, register and gate: the train flow's own path, on the window's rows
     with tempfile.TemporaryDirectory() as folder:
