@@ -358,10 +358,15 @@ def _mount_subcommands() -> None:
     """Command groups that live in their own modules (each imports only typer at the top)."""
     from deployments.backup_cli import backup_app
     from deployments.deploy import deploy
+    from deployments.registry_cli import drift, registry_app
     from deployments.services_cli import services_app
 
     app.add_typer(services_app, name="services", help="Local production services.")
     app.add_typer(backup_app, name="backup", help="Back up, verify, restore and prune.")
+    app.add_typer(
+        registry_app, name="registry", help="Models: list, show, gate, promote, roll back."
+    )
+    app.command("drift")(drift)
     app.command(help="Register the Prefect deployments and the drift -> retrain automation.")(
         deploy
     )

@@ -10,6 +10,7 @@ from prefect.artifacts import create_markdown_artifact
 from deployments.settings import get_settings
 from tasks.steps import (
     check_batch_schema,
+    load_model_scorer,
     load_source,
     resolve_model,
     score_into_results,
@@ -40,7 +41,8 @@ def score_batch(
     manifest = load_source(source, f"{name}-batches", store, query, delimiter, settings.chunk_rows)
 
     # Validate: the model's signature first, then the suite of the data it was trained on
-    columns = check_batch_schema(manifest, resolved)
+    scorer = load_model_scorer(resolved)
+    columns = check_batch_schema(manifest, resolved, scorer)
     label = resolved.tags.get("label_column") or None
     report = validate_batch(
         store,
@@ -52,7 +54,7 @@ def score_batch(
     # Score: delete + insert of the batch in one transaction
     batch = batch_id or manifest.sha256[:16]
     result = score_into_results(
-        store, manifest, resolved, columns, settings.results_url, batch, settings.chunk_rows
+        store, manifest, resolved, scorer, columns, settings.results_url, batch, settings.chunk_rows
     )
     create_markdown_artifact(
         key="score-summary",

@@ -33,12 +33,21 @@ def check_batch_columns(
 
 
 def score_chunks(
-    model: Any, frames: Iterator[pd.DataFrame], columns: list[str]
+    scorer: Any, frames: Iterator[pd.DataFrame], columns: list[str]
 ) -> Iterator[pd.DataFrame]:
-    """Rows `row_index, score, is_anomaly` for each chunk; non-finite scores are an error."""
+    """Rows `row_index, score, is_anomaly` for each chunk; non-finite scores are an error.
+
+    `scorer` is a registry.gate.Scorer: raw scores (higher = more anomalous) from any
+    registered flavour, compared with the threshold stored with the model version.
+    """
+    if scorer.threshold is None:
+        raise InputError(
+            "the model has no stored threshold; run `pynomaly registry evaluate` on it first"
+        )
     for frame in frames:
-        out = model.predict(frame[columns])
-        scores = np.asarray(out["score"], dtype=float)
+        scores = np.asarray(scorer.score_fn(frame[columns]), dtype=float).reshape(-1)
+        if len(scores) != len(frame):
+            raise InputError(f"the model returned {len(scores)} scores for {len(frame)} rows")
         if not np.isfinite(scores).all():
             row = int(frame.index[np.flatnonzero(~np.isfinite(scores))[0]]) + 1
             raise InputError(f"the model returned a non-finite score for row {row}")
@@ -46,13 +55,13 @@ def score_chunks(
             {
                 "row_index": frame.index.to_numpy(dtype=np.int64),
                 "score": scores,
-                "is_anomaly": np.asarray(out["is_anomaly"], dtype=bool),
+                "is_anomaly": scores > scorer.threshold,
             }
         )
 
 
 def score_snapshot(
-    model: Any, store: Any, manifest: Manifest, columns: list[str], chunk_rows: int
+    scorer: Any, store: Any, manifest: Manifest, columns: list[str], chunk_rows: int
 ) -> Iterator[pd.DataFrame]:
     """Scored chunks of a stored snapshot."""
-    return score_chunks(model, iter_snapshot(store, manifest, chunk_rows), columns)
+    return score_chunks(scorer, iter_snapshot(store, manifest, chunk_rows), columns)

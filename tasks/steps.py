@@ -121,19 +121,21 @@ def resolve_model(
     return resolve_version(client(tracking_uri), model_name, alias, version)
 
 
-@task(name="check_batch_schema", cache_policy=NO_CACHE, **IO)
-def check_batch_schema(manifest: Manifest, resolved: Any) -> list[str]:
-    """The model's input columns, after checking the batch against the model's signature."""
-    from mlflow.models import get_model_info
+@task(name="load_scorer", cache_policy=NO_CACHE, **IO)
+def load_model_scorer(resolved: Any) -> Any:
+    """A registered version (platform-trained or logged by hand) as raw scores + threshold."""
+    from registry.gate import load_scorer
 
+    return load_scorer(resolved.uri, resolved.tags)
+
+
+@task(name="check_batch_schema", cache_policy=NO_CACHE)
+def check_batch_schema(manifest: Manifest, resolved: Any, scorer: Any) -> list[str]:
+    """The model's input columns, after checking the batch against the model's signature."""
     from tasks.score import check_batch_columns
 
-    signature = get_model_info(resolved.uri).signature
-    if signature is None or signature.inputs is None:
-        raise InputError(f"model {resolved.name!r} v{resolved.version} has no input signature")
-    expected = {c.name: str(c.type) for c in signature.inputs.inputs}
     label = resolved.tags.get("label_column")
-    return check_batch_columns(manifest, expected, ignore=[label] if label else [])
+    return check_batch_columns(manifest, scorer.input_types, ignore=[label] if label else [])
 
 
 @task(name="score_snapshot", cache_policy=NO_CACHE, **IO)
@@ -141,24 +143,22 @@ def score_into_results(
     store: ArtifactStore,
     manifest: Manifest,
     resolved: Any,
+    scorer: Any,
     columns: list[str],
     results_url: str,
     batch_id: str,
     chunk_rows: int,
 ) -> dict[str, Any]:
     """Score a snapshot with one model version into detection_results, replacing the batch."""
-    import mlflow.pyfunc
-
     from tasks.results import batch_counts, replace_batch, results_engine
     from tasks.score import score_snapshot
 
-    model = mlflow.pyfunc.load_model(resolved.uri)
     engine = results_engine(results_url)
     try:
         rows = replace_batch(
             engine,
             batch_id,
-            score_snapshot(model, store, manifest, columns, chunk_rows),
+            score_snapshot(scorer, store, manifest, columns, chunk_rows),
             model_name=resolved.name,
             model_version=resolved.version,
             scored_at=datetime.now(UTC),

@@ -86,7 +86,9 @@ def test_scoring_a_batch_twice_keeps_one_copy(demo: tuple[Path, dict], monkeypat
     }
 
 
-def test_second_training_is_a_challenger(demo: tuple[Path, dict], monkeypatch) -> None:
+def test_second_training_is_gated_against_the_champion(
+    demo: tuple[Path, dict], monkeypatch
+) -> None:
     home, _ = demo
     monkeypatch.setenv("PYNOMALY_HOME", str(home))
     train_csv = str(home / "demo" / "train.csv")
@@ -103,8 +105,10 @@ def test_second_training_is_a_challenger(demo: tuple[Path, dict], monkeypatch) -
     )
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
-    assert out["version"] >= 2 and out["alias"] == "challenger" and out["detector"] == "knn"
-    assert "roc_auc" in out["metrics"]
+    assert out["version"] >= 2 and out["detector"] == "knn" and "roc_auc" in out["metrics"]
+    gate = out["gate"]
+    assert gate["decision"] in {"promote", "keep", "reject"} and gate["reasons"]
+    assert out["alias"] == ("champion" if gate["decision"] == "promote" else "challenger")
 
 
 BAD_TRAINING_FILES = {
