@@ -116,17 +116,3 @@ def register_version(
     alias = CHALLENGER if CHAMPION in aliases_of(mlflow_client, name) else CHAMPION
     mlflow_client.set_registered_model_alias(name, alias, mv.version)
     return int(mv.version), alias
-
-
-def feature_columns(model: Any) -> list[str]:
-    """Input column names from a loaded pyfunc model's signature."""
-    schema = model.metadata.get_input_schema()
-    if schema is None:
-        raise InputError("the model has no input signature; log it with a signature")
-    return list(schema.input_names())
-
-
-def input_types(model: Any) -> dict[str, str]:
-    """Input column -> MLflow type name ("double", "string", ...)."""
-    schema = model.metadata.get_input_schema()
-    return {c.name: str(c.type) for c in schema.inputs}
