@@ -120,7 +120,9 @@ def train_detector(
     }
     if result.automl is not None:
         board = result.automl.leaderboard_.sort_values("value", ascending=False)
-        summary["leaderboard_top5"] = board.head(5).to_dict("records")
+        # Pruned trials carry an intermediate value: rank finished trials only.
+        finished = board[board["state"] == "COMPLETE"]
+        summary["leaderboard_top5"] = finished.head(5).to_dict("records")
         create_table_artifact(key="automl-leaderboard", table=board.astype(str).to_dict("records"))
     create_markdown_artifact(
         key="train-summary",
