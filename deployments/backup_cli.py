@@ -9,6 +9,8 @@ from typing import Annotated, Any
 
 import typer
 
+from deployments.cli_options import DebugOpt, JsonOpt
+
 backup_app = typer.Typer(
     help="Back up, verify, restore and prune the platform state (DBs, suites, artifacts).",
     no_args_is_help=True,
@@ -16,8 +18,6 @@ backup_app = typer.Typer(
     add_completion=False,
 )
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")]
-DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks and library logs.")]
 IdArg = Annotated[str, typer.Argument(help="Backup id, or 'latest'.")]
 
 

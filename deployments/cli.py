@@ -16,6 +16,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from deployments.cli_options import DebugOpt, JsonOpt
+
 app = typer.Typer(
     help="Pynomaly: anomaly detection you can trust, trace and restore.",
     no_args_is_help=True,
@@ -25,8 +27,6 @@ app = typer.Typer(
 out = Console()
 err = Console(stderr=True)
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")]
-DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks and library logs.")]
 QueryOpt = Annotated[
     str | None, typer.Option("--query", help="For a SQL URL source: a table name or a SELECT.")
 ]

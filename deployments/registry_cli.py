@@ -10,6 +10,8 @@ from typing import Annotated, Any
 
 import typer
 
+from deployments.cli_options import DebugOpt, JsonOpt
+
 registry_app = typer.Typer(
     help="The model registry: lineage, promotion gate, promotion and rollback.",
     no_args_is_help=True,
@@ -17,15 +19,7 @@ registry_app = typer.Typer(
     add_completion=False,
 )
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")]
-DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks and library logs.")]
 NameArg = Annotated[str, typer.Argument(help="Registered model name.")]
-
-
-def _run(work: Any, as_json: bool, debug: bool, status: str) -> dict[str, Any]:
-    from deployments.cli import run
-
-    return run(work, as_json=as_json, debug=debug, status=status)
 
 
 def _client() -> Any:
@@ -63,18 +57,17 @@ def _gate_lines(gate: dict[str, Any] | None, indent: str = "    ") -> list[str]:
 @registry_app.command("list")
 def list_cmd(as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
     """Registered models with their aliases and champion lineage."""
+    from deployments.cli import out, run
 
     def work() -> dict[str, Any]:
         from registry.lineage import list_models
 
         return {"models": list_models(_client())}
 
-    result = _run(work, as_json, debug, "Reading the registry…")
+    result = run(work, as_json=as_json, debug=debug, status="Reading the registry…")
     if as_json:
         return
     from rich.table import Table
-
-    from deployments.cli import out
 
     table = Table(title="Registered models", title_justify="left")
     for col in (
@@ -105,13 +98,14 @@ def list_cmd(as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
 @registry_app.command()
 def show(name: NameArg, as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
     """A model's versions with lineage (data hash, validation, run, tuning) and gate decisions."""
+    from deployments.cli import run
 
     def work() -> dict[str, Any]:
         from registry.lineage import show_model
 
         return show_model(_client(), name)
 
-    result = _run(work, as_json, debug, "Reading the registry…")
+    result = run(work, as_json=as_json, debug=debug, status="Reading the registry…")
     if as_json:
         return
     aliases = ", ".join(f"{a}->v{v}" for a, v in sorted(result["aliases"].items()))
@@ -159,6 +153,7 @@ def promote(
     debug: DebugOpt = False,
 ) -> None:
     """Make a version champion by hand (under the promotion lock; a rejected one needs --force)."""
+    from deployments.cli import run
 
     def work() -> dict[str, Any]:
         from deployments.settings import get_settings
@@ -178,7 +173,7 @@ def promote(
             force=force,
         )
 
-    result = _run(work, as_json, debug, "Promoting…")
+    result = run(work, as_json=as_json, debug=debug, status="Promoting…")
     if not as_json:
         before = f"v{result['previous']}" if result["previous"] else "none"
         _print(
@@ -196,6 +191,7 @@ def rollback(
     debug: DebugOpt = False,
 ) -> None:
     """Restore the previous champion (or an earlier one with --to)."""
+    from deployments.cli import run
 
     def work() -> dict[str, Any]:
         from deployments.settings import get_settings
@@ -206,7 +202,7 @@ def rollback(
             _client(), settings.mlflow_tracking_uri, name, to=to, lock_dir=settings.home_dir
         )
 
-    result = _run(work, as_json, debug, "Rolling back…")
+    result = run(work, as_json=as_json, debug=debug, status="Rolling back…")
     if not as_json:
         _print(f"{name}: champion v{result['version']} restored (v{result['previous']} retired)")
 
@@ -231,6 +227,7 @@ def evaluate(
     debug: DebugOpt = False,
 ) -> None:
     """Check a version's interface, gate it against the champion, promote it if it passes."""
+    from deployments.cli import run
 
     def work() -> dict[str, Any]:
         from flows.evaluate_model import evaluate_model
@@ -246,7 +243,7 @@ def evaluate(
             delimiter=delimiter,
         )
 
-    result = _run(work, as_json, debug, "Evaluating…")
+    result = run(work, as_json=as_json, debug=debug, status="Evaluating…")
     if not as_json:
         _print(
             f"{name} v{version}: {result['decision']}"
@@ -270,6 +267,7 @@ def drift(
     debug: DebugOpt = False,
 ) -> None:
     """Compare a batch with the champion's training data (columns and scores)."""
+    from deployments.cli import run
 
     def work() -> dict[str, Any]:
         from flows.check_drift import check_drift
@@ -278,7 +276,7 @@ def drift(
             source, model, retrain_on_drift=retrain, query=query, delimiter=delimiter
         )
 
-    result = _run(work, as_json, debug, "Checking drift…")
+    result = run(work, as_json=as_json, debug=debug, status="Checking drift…")
     if as_json:
         return
     drifted = [c for c, r in result["columns"].items() if r["drifted"]]

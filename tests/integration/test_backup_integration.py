@@ -3,14 +3,11 @@ encryption, refusal of damaged backups, pruning in S3, scratch drills, backups u
 
 from __future__ import annotations
 
-import hashlib
-import threading
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import numpy as np
+import backup_state
 import pandas as pd
 import pytest
 import sqlalchemy as sa
@@ -18,12 +15,10 @@ import sqlalchemy as sa
 from data_checks.errors import InputError
 from deployments.settings import Settings, get_settings
 from tasks import backup
-from tasks.results import detection_results, replace_batch, results_engine
+from tasks.results import results_engine
 from tasks.store import s3_client
 
 pytestmark = pytest.mark.integration
-
-FEATURES = ["a", "b", "c"]
 
 
 @pytest.fixture
@@ -54,89 +49,22 @@ def platform(pg_server: Any, s3_endpoint: str, s3_bucket: str, tmp_path, monkeyp
         pg_server.drop_database(f"{role}_{token}")
 
 
-def log_versions(settings: Settings, name: str, versions: int) -> None:
-    """Register small IForest detectors as versions of `name` (artifacts land in S3)."""
-    import mlflow
-    from mlflow.models import infer_signature
-    from pyod.models.iforest import IForest
-
-    from registry.model import DetectorModel
-    from registry.tracking import ensure_experiment
-    from registry.versions import client, register_version
-
-    tracking = settings.mlflow_tracking_uri
-    experiment = ensure_experiment("pynomaly", tracking, settings.artifact_store)
-    mlflow_client = client(tracking)
-    x = pd.DataFrame(np.random.default_rng(7).normal(size=(64, 3)), columns=FEATURES)
-    for seed in range(versions):
-        model = DetectorModel(IForest(n_estimators=10, random_state=seed).fit(x), 0.0, FEATURES)
-        example = x.head(5)
-        with mlflow.start_run(experiment_id=experiment) as run:
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=model,
-                signature=infer_signature(example, model.predict(None, example)),
-                input_example=example,
-                pip_requirements=["pyod"],
-            )
-        register_version(mlflow_client, info.model_uri, name, run.info.run_id, tags={})
-
-
-def score_rows(engine: sa.Engine, batch: str, rows: int, version: int = 1) -> None:
-    idx = np.arange(rows)
-    frame = pd.DataFrame({"row_index": idx, "score": idx / rows, "is_anomaly": idx % 10 == 0})
-    replace_batch(
-        engine,
-        batch,
-        [frame],
-        model_name="alpha",
-        model_version=version,
-        scored_at=datetime(2026, 1, 1, tzinfo=UTC),
-    )
-
-
 def build_state(settings: Settings) -> None:
-    """Models with aliases, detection rows, an Optuna study, a suite and a dataset in S3."""
+    """The shared tiny state with larger batches, plus an Optuna study."""
     import optuna
 
-    log_versions(settings, "alpha", 2)
-    log_versions(settings, "beta", 1)
-    engine = results_engine(settings.results_url)
-    score_rows(engine, "batch-1", 3_000)
-    score_rows(engine, "batch-2", 700)
-    engine.dispose()
+    backup_state.build_state(settings, batch_rows=(3_000, 700))
     study = optuna.create_study(study_name="tune-alpha", storage=settings.optuna_storage)
     study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=4)
-    store = settings.store()
-    store.put_bytes("expectations/alpha.json", b'{"name": "alpha"}')
-    store.put_bytes("datasets/alpha/abc.parquet", b"bytes standing in for a snapshot")
 
 
 def snapshot(settings: Settings) -> dict[str, Any]:
-    """What a restore must bring back, comparable."""
+    """What a restore must bring back, comparable: the shared snapshot and the Optuna trials."""
     import optuna
 
-    from registry.versions import aliases_of, client
-
-    mlflow_client = client(settings.mlflow_tracking_uri)
-    models = {}
-    for rm in mlflow_client.search_registered_models():
-        versions = mlflow_client.search_model_versions(f"name='{rm.name}'")
-        models[rm.name] = {
-            "aliases": aliases_of(mlflow_client, rm.name),
-            "versions": sorted((int(v.version), v.run_id, v.source) for v in versions),
-        }
-    engine = sa.create_engine(settings.results_url, poolclass=sa.NullPool)
-    rows = pd.read_sql(detection_results.select(), engine).sort_values(["batch_id", "row_index"])
-    engine.dispose()
-    store = settings.store()
-    files = {k: hashlib.sha256(store.get_bytes(k)).hexdigest() for k in store.list()}
     trials = optuna.load_study(study_name="tune-alpha", storage=settings.optuna_storage).trials
-    return {
-        "models": models,
-        "rows": rows.reset_index(drop=True),
-        "files": files,
-        "trials": [(t.number, t.params, t.value) for t in trials],
+    return backup_state.snapshot(settings) | {
+        "trials": [(t.number, t.params, t.value) for t in trials]
     }
 
 
@@ -148,11 +76,6 @@ def destroy(settings: Settings, pg_server: Any) -> None:
     for key in store.list():
         store.delete(key)
     assert store.list() == []
-
-
-def parts(settings: Settings) -> tuple[backup.PlatformState, backup.BackupStore]:
-    store = backup.backup_store(settings.backup_store_root, settings.s3_endpoint_url)
-    return backup.platform_state(settings), store
 
 
 def drill_databases(pg_server: Any) -> list[str]:
@@ -167,7 +90,7 @@ def test_postgres_s3_backup_drill_destroy_restore_is_identical(
     platform: Settings, pg_server: Any
 ) -> None:
     build_state(platform)
-    state, store = parts(platform)
+    state, store = backup_state.parts(platform)
     before = snapshot(platform)
 
     manifest = backup.create_backup(state, store)
@@ -219,7 +142,7 @@ def test_versioned_bucket_is_listed_and_restored_by_version(
     client = s3_client(platform.s3_endpoint_url)
     client.put_bucket_versioning(Bucket=s3_bucket, VersioningConfiguration={"Status": "Enabled"})
     build_state(platform)
-    state, store = parts(platform)
+    state, store = backup_state.parts(platform)
     before = snapshot(platform)
 
     manifest = backup.create_backup(state, store)
@@ -244,12 +167,12 @@ def test_versioned_bucket_is_listed_and_restored_by_version(
 
 def test_damaged_backup_in_s3_is_refused(platform: Settings) -> None:
     build_state(platform)
-    state, store = parts(platform)
+    state, store = backup_state.parts(platform)
     manifest = backup.create_backup(state, store, record_champions=False)
     key = f"{manifest['id']}/mlflow.pgdump"
     store.put_bytes(key, store.get_bytes(key)[:-100])
     engine = results_engine(platform.results_url)
-    score_rows(engine, "after-backup", 10)
+    backup_state.score_rows(engine, "after-backup", 10)
     engine.dispose()
 
     with pytest.raises(InputError, match=r"mlflow\.pgdump is corrupted"):
@@ -285,50 +208,13 @@ def test_prune_in_s3_deletes_exactly_the_dropped_backups(platform: Settings) -> 
 def test_backup_during_postgres_scoring_restores_whole_batches(
     platform: Settings, pg_server: Any
 ) -> None:
-    state, store = parts(platform)
-    engine = results_engine(platform.results_url)
     rows_per_batch = 20_000
-    stop = threading.Event()
-    writes: list[float] = []
-    failures: list[BaseException] = []
-
-    def keep_scoring() -> None:
-        version = 0
-        while not stop.is_set():
-            version += 1
-            try:
-                score_rows(engine, f"live-{version % 3}", rows_per_batch, version=version)
-            except BaseException as exc:  # noqa: BLE001 - surfaced by the assert below
-                failures.append(exc)
-                return
-            writes.append(time.monotonic())
-
-    writer = threading.Thread(target=keep_scoring)
-    writer.start()
-    try:
-        while len(writes) < 3 and not failures:
-            time.sleep(0.01)
-        started = time.monotonic()
-        manifest = backup.create_backup(state, store, record_champions=False)
-        finished = time.monotonic()
-        while not failures and not any(w > finished for w in writes):
-            time.sleep(0.01)
-    finally:
-        stop.set()
-        writer.join()
-        engine.dispose()
-    assert not failures
-    assert any(started < w < finished for w in writes), "no scoring ran during the backup"
+    manifest = backup_state.backup_while_scoring(platform, rows_per_batch, batches=3)
+    state, store = backup_state.parts(platform)
 
     backup.restore_backup(state, store, manifest["id"], safety_backup=False)
 
-    check = sa.create_engine(platform.results_url, poolclass=sa.NullPool)
-    per_batch = pd.read_sql(
-        "SELECT batch_id, count(*) AS n, count(DISTINCT model_version) AS versions "
-        "FROM detection_results GROUP BY batch_id",
-        check,
-    )
-    check.dispose()
+    per_batch = backup_state.batch_counts(platform)
     assert len(per_batch) >= 1
     assert (per_batch.n == rows_per_batch).all() and (per_batch.versions == 1).all()
     assert per_batch.n.sum() == manifest["counts"]["detection_rows"]

@@ -6,106 +6,28 @@ import hashlib
 import json
 import shutil
 import sqlite3
-import threading
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+from backup_state import (
+    backup_while_scoring,
+    batch_counts,
+    build_state,
+    parts,
+    score_rows,
+    snapshot,
+)
 from typer.testing import CliRunner
 
 from data_checks.errors import InputError
 from deployments.settings import Settings, get_settings
 from tasks import backup
-from tasks.results import detection_results, replace_batch, results_engine
+from tasks.results import results_engine
 
-FEATURES = ["a", "b", "c"]
-
-
-# Tiny platform state built directly (no demo run) ---------------------------------------------
-
-
-def log_versions(settings: Settings, name: str, versions: int) -> None:
-    """Register `versions` small IForest detectors as versions of `name`."""
-    import mlflow
-    from mlflow.models import infer_signature
-    from pyod.models.iforest import IForest
-
-    from registry.model import DetectorModel
-    from registry.tracking import ensure_experiment
-    from registry.versions import client, register_version
-
-    tracking = settings.mlflow_tracking_uri
-    experiment = ensure_experiment("pynomaly", tracking, settings.artifact_store)
-    mlflow_client = client(tracking)
-    x = pd.DataFrame(np.random.default_rng(7).normal(size=(64, 3)), columns=FEATURES)
-    for seed in range(versions):
-        model = DetectorModel(IForest(n_estimators=10, random_state=seed).fit(x), 0.0, FEATURES)
-        example = x.head(5)
-        with mlflow.start_run(experiment_id=experiment) as run:
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=model,
-                signature=infer_signature(example, model.predict(None, example)),
-                input_example=example,
-                pip_requirements=["pyod"],  # skips MLflow's slow requirement inference
-            )
-        register_version(mlflow_client, info.model_uri, name, run.info.run_id, tags={})
-
-
-def score_rows(engine: sa.Engine, batch: str, rows: int, version: int = 1) -> None:
-    """Write one batch of `rows` detection rows."""
-    idx = np.arange(rows)
-    frame = pd.DataFrame({"row_index": idx, "score": idx / rows, "is_anomaly": idx % 10 == 0})
-    replace_batch(
-        engine,
-        batch,
-        [frame],
-        model_name="alpha",
-        model_version=version,
-        scored_at=datetime(2026, 1, 1, tzinfo=UTC),
-    )
-
-
-def build_state(settings: Settings) -> None:
-    """Two models (champion + challenger, champion only), two scored batches, suite, dataset."""
-    log_versions(settings, "alpha", 2)
-    log_versions(settings, "beta", 1)
-    engine = results_engine(settings.results_url)
-    score_rows(engine, "batch-1", 300)
-    score_rows(engine, "batch-2", 120)
-    engine.dispose()
-    store = settings.store()
-    store.put_bytes("expectations/alpha.json", json.dumps({"name": "alpha"}).encode())
-    store.put_bytes("datasets/alpha/abc.parquet", b"not really parquet, but bytes to keep")
-
-
-def snapshot(settings: Settings) -> dict[str, Any]:
-    """Everything a restore must bring back, in comparable form."""
-    from registry.versions import aliases_of, client
-
-    mlflow_client = client(settings.mlflow_tracking_uri)
-    models = {}
-    for rm in mlflow_client.search_registered_models():
-        versions = mlflow_client.search_model_versions(f"name='{rm.name}'")
-        models[rm.name] = {
-            "aliases": aliases_of(mlflow_client, rm.name),
-            "versions": sorted((int(v.version), v.run_id, v.source) for v in versions),
-        }
-    engine = sa.create_engine(settings.results_url)
-    rows = pd.read_sql(detection_results.select(), engine).sort_values(["batch_id", "row_index"])
-    engine.dispose()
-    root = Path(settings.artifact_store)
-    files = {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in root.rglob("*")
-        if p.is_file()
-    }
-    return {"models": models, "rows": rows.reset_index(drop=True), "files": files}
+# Tiny platform state (tests/backup_state.py) and its destruction -----------------------------
 
 
 def drop_all_tables(path: Path) -> None:
@@ -123,12 +45,8 @@ def drop_all_tables(path: Path) -> None:
 def platform(platform_home: Path) -> Settings:
     """Embedded-default settings over a fresh home holding a tiny state."""
     settings = get_settings()
-    build_state(settings)
+    build_state(settings, batch_rows=(300, 120))
     return settings
-
-
-def parts(settings: Settings) -> tuple[backup.PlatformState, backup.BackupStore]:
-    return backup.platform_state(settings), backup.backup_store(settings.backup_store_root)
 
 
 # Retention (pure) ----------------------------------------------------------------------------
@@ -366,50 +284,16 @@ def test_cli_refuses_corrupted_backup_with_exit_2_and_one_line(platform: Setting
 
 
 def test_backup_taken_while_scoring_restores_consistent_batches(platform: Settings) -> None:
-    state, store = parts(platform)
-    engine = results_engine(platform.results_url)
     rows_per_batch = 2_000
-    stop = threading.Event()
-    writes: list[float] = []
-    failures: list[BaseException] = []
-
-    def keep_scoring() -> None:
-        version = 0
-        while not stop.is_set():
-            version += 1
-            try:
-                score_rows(engine, f"live-{version % 4}", rows_per_batch, version=version)
-                writes.append(time.monotonic())
-            except sa.exc.OperationalError:
-                time.sleep(0.01)  # SQLite busy while the backup reads: the scorer retries
-            except BaseException as exc:  # noqa: BLE001 - surfaced by the assert below
-                failures.append(exc)
-                return
-
-    writer = threading.Thread(target=keep_scoring)
-    writer.start()
-    try:
-        while len(writes) < 3 and not failures:
-            time.sleep(0.01)
-        started = time.monotonic()
-        manifest = backup.create_backup(state, store, record_champions=False)
-        finished = time.monotonic()
-    finally:
-        stop.set()
-        writer.join()
-        engine.dispose()
-    assert not failures
-    assert any(started < w < finished for w in writes), "no scoring ran during the backup"
+    # SQLite is busy while the backup reads: the scorer retries.
+    manifest = backup_while_scoring(
+        platform, rows_per_batch, batches=4, busy=(sa.exc.OperationalError,)
+    )
+    state, store = parts(platform)
 
     backup.restore_backup(state, store, manifest["id"], safety_backup=False)
 
-    check = sa.create_engine(platform.results_url)
-    per_batch = pd.read_sql(
-        "SELECT batch_id, count(*) AS n, count(DISTINCT model_version) AS versions "
-        "FROM detection_results GROUP BY batch_id",
-        check,
-    )
-    check.dispose()
+    per_batch = batch_counts(platform)
     live = per_batch[per_batch.batch_id.str.startswith("live-")]
     assert len(live) >= 1
     assert (live.n == rows_per_batch).all() and (live.versions == 1).all()

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.drift import detect_drift, population_stability, score_drift
+from tasks.drift import DriftResult, detect_drift, population_stability, score_drift
 
 COLUMNS = [f"f{i}" for i in range(6)]
 
@@ -32,15 +32,22 @@ def scores_of(frame: pd.DataFrame) -> np.ndarray:
     return np.abs(frame[COLUMNS].to_numpy()).sum(axis=1)
 
 
-def test_no_drift_on_a_fresh_sample(frames):
-    result, html = detect_drift(
+def drift_against_reference(
+    frames: dict[str, pd.DataFrame], current: str
+) -> tuple[DriftResult, str]:
+    """detect_drift of the reference frame vs `frames[current]`, columns and scores."""
+    return detect_drift(
         frames["reference"],
-        frames["fresh"],
+        frames[current],
         COLUMNS + ["kind"],
         drift_threshold=0.5,
         reference_scores=scores_of(frames["reference"]),
-        current_scores=scores_of(frames["fresh"]),
+        current_scores=scores_of(frames[current]),
     )
+
+
+def test_no_drift_on_a_fresh_sample(frames):
+    result, html = drift_against_reference(frames, "fresh")
     assert not result.drift_detected
     assert result.drift_share < 0.5
     assert not result.score_drift["drifted"]
@@ -49,14 +56,7 @@ def test_no_drift_on_a_fresh_sample(frames):
 
 
 def test_drift_on_an_injected_shift(frames):
-    result, _ = detect_drift(
-        frames["reference"],
-        frames["shifted"],
-        COLUMNS + ["kind"],
-        drift_threshold=0.5,
-        reference_scores=scores_of(frames["reference"]),
-        current_scores=scores_of(frames["shifted"]),
-    )
+    result, _ = drift_against_reference(frames, "shifted")
     assert result.drift_detected
     assert {c for c, r in result.columns.items() if r["drifted"]} >= set(COLUMNS[:4])
     assert not result.columns["kind"]["drifted"]

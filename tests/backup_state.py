@@ -1,0 +1,169 @@
+"""Tiny platform state for the backup tests, built directly (no demo run), and what they compare.
+
+Shared by tests/unit/test_backup.py (SQLite and a local folder) and
+tests/integration/test_backup_integration.py (PostgreSQL and S3): the same code serves both,
+through the settings each one makes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+
+from deployments.settings import Settings
+from tasks import backup
+from tasks.results import detection_results, replace_batch, results_engine
+
+FEATURES = ["a", "b", "c"]
+
+
+def log_versions(settings: Settings, name: str, versions: int) -> None:
+    """Register `versions` small IForest detectors as versions of `name`."""
+    import mlflow
+    from mlflow.models import infer_signature
+    from pyod.models.iforest import IForest
+
+    from registry.model import DetectorModel
+    from registry.tracking import ensure_experiment
+    from registry.versions import client, register_version
+
+    tracking = settings.mlflow_tracking_uri
+    experiment = ensure_experiment("pynomaly", tracking, settings.artifact_store)
+    mlflow_client = client(tracking)
+    x = pd.DataFrame(np.random.default_rng(7).normal(size=(64, 3)), columns=FEATURES)
+    for seed in range(versions):
+        model = DetectorModel(IForest(n_estimators=10, random_state=seed).fit(x), 0.0, FEATURES)
+        example = x.head(5)
+        with mlflow.start_run(experiment_id=experiment) as run:
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=model,
+                signature=infer_signature(example, model.predict(None, example)),
+                input_example=example,
+                pip_requirements=["pyod"],  # skips MLflow's slow requirement inference
+            )
+        register_version(mlflow_client, info.model_uri, name, run.info.run_id, tags={})
+
+
+def score_rows(engine: sa.Engine, batch: str, rows: int, version: int = 1) -> None:
+    """Write one batch of `rows` detection rows."""
+    idx = np.arange(rows)
+    frame = pd.DataFrame({"row_index": idx, "score": idx / rows, "is_anomaly": idx % 10 == 0})
+    replace_batch(
+        engine,
+        batch,
+        [frame],
+        model_name="alpha",
+        model_version=version,
+        scored_at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+
+
+def build_state(settings: Settings, batch_rows: tuple[int, int]) -> None:
+    """Two models (alpha: champion + challenger, beta: champion), two scored batches of
+    `batch_rows` rows, a suite and a dataset in the artifact store."""
+    log_versions(settings, "alpha", 2)
+    log_versions(settings, "beta", 1)
+    engine = results_engine(settings.results_url)
+    score_rows(engine, "batch-1", batch_rows[0])
+    score_rows(engine, "batch-2", batch_rows[1])
+    engine.dispose()
+    store = settings.store()
+    store.put_bytes("expectations/alpha.json", b'{"name": "alpha"}')
+    store.put_bytes("datasets/alpha/abc.parquet", b"bytes standing in for a snapshot")
+
+
+def parts(settings: Settings) -> tuple[backup.PlatformState, backup.BackupStore]:
+    """The platform state and the backup store the settings name."""
+    store = backup.backup_store(settings.backup_store_root, settings.s3_endpoint_url)
+    return backup.platform_state(settings), store
+
+
+def snapshot(settings: Settings) -> dict[str, Any]:
+    """Everything a restore must bring back (models, detection rows, artifacts), comparable."""
+    from registry.versions import aliases_of, client
+
+    mlflow_client = client(settings.mlflow_tracking_uri)
+    models = {}
+    for rm in mlflow_client.search_registered_models():
+        versions = mlflow_client.search_model_versions(f"name='{rm.name}'")
+        models[rm.name] = {
+            "aliases": aliases_of(mlflow_client, rm.name),
+            "versions": sorted((int(v.version), v.run_id, v.source) for v in versions),
+        }
+    # Unpooled: a restore may drop the database under a pooled connection.
+    engine = sa.create_engine(settings.results_url, poolclass=sa.NullPool)
+    rows = pd.read_sql(detection_results.select(), engine).sort_values(["batch_id", "row_index"])
+    engine.dispose()
+    store = settings.store()
+    files = {k: hashlib.sha256(store.get_bytes(k)).hexdigest() for k in store.list()}
+    return {"models": models, "rows": rows.reset_index(drop=True), "files": files}
+
+
+def backup_while_scoring(
+    settings: Settings,
+    rows_per_batch: int,
+    batches: int,
+    busy: tuple[type[Exception], ...] = (),
+) -> dict[str, Any]:
+    """Take a backup while a thread keeps rewriting `batches` live batches; return its manifest.
+
+    A write failing with a `busy` error (SQLite locked while the backup reads) is retried; any
+    other failure fails the test. Asserts that scoring ran during the backup and after it.
+    """
+    state, store = parts(settings)
+    engine = results_engine(settings.results_url)
+    stop = threading.Event()
+    writes: list[float] = []
+    failures: list[BaseException] = []
+
+    def keep_scoring() -> None:
+        version = 0
+        while not stop.is_set():
+            version += 1
+            try:
+                score_rows(engine, f"live-{version % batches}", rows_per_batch, version=version)
+            except busy:
+                time.sleep(0.01)
+                continue
+            except BaseException as exc:  # noqa: BLE001 - surfaced by the assert below
+                failures.append(exc)
+                return
+            writes.append(time.monotonic())
+
+    writer = threading.Thread(target=keep_scoring)
+    writer.start()
+    try:
+        while len(writes) < 3 and not failures:
+            time.sleep(0.01)
+        started = time.monotonic()
+        manifest = backup.create_backup(state, store, record_champions=False)
+        finished = time.monotonic()
+        while not failures and not any(w > finished for w in writes):
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        writer.join()
+        engine.dispose()
+    assert not failures
+    assert any(started < w < finished for w in writes), "no scoring ran during the backup"
+    return manifest
+
+
+def batch_counts(settings: Settings) -> pd.DataFrame:
+    """Rows (n) and distinct model versions (versions) of every batch in detection_results."""
+    engine = sa.create_engine(settings.results_url, poolclass=sa.NullPool)
+    per_batch = pd.read_sql(
+        "SELECT batch_id, count(*) AS n, count(DISTINCT model_version) AS versions "
+        "FROM detection_results GROUP BY batch_id",
+        engine,
+    )
+    engine.dispose()
+    return per_batch
