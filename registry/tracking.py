@@ -84,6 +84,8 @@ def log_training(
     mlflow.set_tracking_uri(tracking_uri)
     example = features.head(INPUT_EXAMPLE_ROWS)
     signature = infer_signature(example, model.predict(None, example))
+    # MLflow refuses to resume a run of another experiment than the process's active one.
+    mlflow.set_experiment(experiment_id=experiment_id)
     resume = {"run_id": parent_run_id} if parent_run_id else {}
     with mlflow.start_run(
         experiment_id=experiment_id, run_name=run_name, tags=tags, **resume
