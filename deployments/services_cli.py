@@ -297,7 +297,8 @@ def up(folder: DirOption = None, as_json: JsonOption = False) -> None:
             mlflow = services.start_mlflow(
                 layout.root / "mlflow",
                 backend_store_uri=pg.database_url("mlflow"),
-                artifacts_destination=f"s3://{BUCKET}/mlflow",
+                # Under the platform's artifact root, as in embedded mode: one backup holds both.
+                artifacts_destination=f"s3://{BUCKET}/artifacts/mlflow",
                 s3_endpoint_url=s3_url,
                 aws_access_key_id=s3_key,
                 aws_secret_access_key=s3_secret,

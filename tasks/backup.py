@@ -138,6 +138,9 @@ class PlatformState:
     artifacts: ArtifactStore
     optuna: Database | None = None
     prefect: Database | None = None
+    # The MLflow server in front of the `mlflow` database, when there is one: models whose
+    # artifacts it proxies (mlflow-artifacts:/ URIs) load only through it.
+    server_uri: str | None = None
 
     def databases(self) -> dict[str, Database]:
         """role -> database, in dump order."""
@@ -147,13 +150,15 @@ class PlatformState:
 
     @property
     def tracking_uri(self) -> str:
-        return self.mlflow.url
+        return self.server_uri or self.mlflow.url
 
 
 def platform_state(settings: Any) -> PlatformState:
     """The platform's state as the settings describe it."""
     tracking = settings.mlflow_tracking_uri
+    server_uri = None
     if tracking.startswith(("http://", "https://", "databricks")):
+        server_uri = tracking
         if not settings.mlflow_backend_uri:
             raise InputError(
                 f"the MLflow tracking URI {tracking} is a server: backups read its database, "
@@ -166,6 +171,7 @@ def platform_state(settings: Any) -> PlatformState:
         artifacts=settings.store(),
         optuna=Database("optuna", settings.optuna_storage) if settings.optuna_storage else None,
         prefect=prefect_database(Path(settings.prefect_home)),
+        server_uri=server_uri,
     )
 
 
@@ -1207,6 +1213,14 @@ def drill_restore(
                 drill_manifest["artifacts"]["mode"] = "copy"
                 pack_store(scratch.artifacts, folder / "backup" / ARTIFACTS_COPY)
             report = apply_backup(scratch, drill_manifest, folder / "backup")
+            if state.server_uri:
+                # The server stores mlflow-artifacts:/<path> for <artifact root>/mlflow/<path>
+                # (`services up` and the compose file serve artifacts from there).
+                rewrite_artifact_root(
+                    scratch.mlflow,
+                    "mlflow-artifacts:",
+                    artifact_root_uri(scratch.artifacts).rstrip("/") + "/mlflow",
+                )
             report["artifact_locations_rewritten"] = rewrite_artifact_root(
                 scratch.mlflow,
                 manifest["artifacts"]["root_uri"],
