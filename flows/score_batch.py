@@ -47,7 +47,8 @@ def score_batch(
     report = validate_batch(
         store,
         manifest,
-        suite_name=resolved.tags.get("dataset") or f"{name}-batches",
+        # A version logged by hand has no dataset tag: the model's name is the default dataset.
+        suite_name=resolved.tags.get("dataset") or name,
         optional_columns=[label] if label else [],
     )
 
