@@ -146,6 +146,10 @@ def model_rows(result: dict[str, Any]) -> dict[str, Any]:
     for key in ("roc_auc", "average_precision", "precision", "recall", "f1"):
         if key in result.get("metrics", {}):
             keep[f"hold-out {key}"] = result["metrics"][key]
+    gate = result.get("gate") or {}
+    if gate.get("decision"):
+        failed = [r for r in gate.get("reasons", []) if r.startswith("failed")]
+        keep["gate"] = f"{gate['decision']}" + (f" ({failed[0]})" if failed else "")
     return keep
 
 
