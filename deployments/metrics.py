@@ -1,0 +1,509 @@
+"""Platform metrics for Prometheus and the health check, read fresh on every scrape.
+
+Plain functions read the results DB, the MLflow registry, the artifact store and the backup
+store; `PlatformCollector` turns them into `pynomaly_*` metric families. A source that fails
+(database down, tracking server unreachable) only drops its own metrics and sets
+`pynomaly_scrape_error{source=...}` to 1: the others are still exported.
+Nothing here runs at import time; heavy imports happen inside the functions.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+SOURCES = ("results", "registry", "backups")
+
+# name -> (type, help, label names). The exporter's contract: alerts.yml, the Grafana dashboard
+# and the tests check their metric names against this table. Counters get `_total` on the wire.
+METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "pynomaly_detection_rows": (
+        "counter",
+        "Rows in detection_results per model version (a re-scored batch replaces its rows).",
+        ("model", "version"),
+    ),
+    "pynomaly_anomalies": (
+        "counter",
+        "Rows flagged anomalous in detection_results per model.",
+        ("model",),
+    ),
+    "pynomaly_last_scored_timestamp_seconds": (
+        "gauge",
+        "Unix time of the newest detection row per model.",
+        ("model",),
+    ),
+    "pynomaly_detection_rows_24h": (
+        "gauge",
+        "Detection rows scored in the last 24 hours per model.",
+        ("model",),
+    ),
+    "pynomaly_anomaly_share_24h": (
+        "gauge",
+        "Share of anomalous rows among those scored in the last 24 hours per model.",
+        ("model",),
+    ),
+    "pynomaly_anomaly_share_7d": (
+        "gauge",
+        "Share of anomalous rows among those scored in the last 7 days per model.",
+        ("model",),
+    ),
+    "pynomaly_champion_version": (
+        "gauge",
+        "Version number the champion alias points at (absent when there is no champion).",
+        ("model",),
+    ),
+    "pynomaly_model_has_champion": (
+        "gauge",
+        "1 when the model's champion alias points at an existing, ready version, else 0.",
+        ("model",),
+    ),
+    "pynomaly_registered_model_versions": (
+        "gauge",
+        "Registered versions per model.",
+        ("model",),
+    ),
+    "pynomaly_backup_newest_age_seconds": (
+        "gauge",
+        "Seconds since the newest complete backup was taken (absent when there is none).",
+        (),
+    ),
+    "pynomaly_backup_count": ("gauge", "Complete backups in the backup store.", ()),
+    "pynomaly_scrape_duration_seconds": (
+        "gauge",
+        "Seconds this scrape spent reading each source.",
+        ("source",),
+    ),
+    "pynomaly_scrape_error": (
+        "gauge",
+        "1 when reading the source failed in this scrape, else 0.",
+        ("source",),
+    ),
+    "pynomaly_scrape_errors": (
+        "counter",
+        "Failed reads of each source since the exporter started.",
+        ("source",),
+    ),
+}
+
+
+def exposed_names() -> set[str]:
+    """Every sample name the exporter can emit (counters with their `_total` suffix)."""
+    return {f"{n}_total" if kind == "counter" else n for n, (kind, _, _) in METRICS.items()}
+
+
+def _utc(value: Any) -> datetime | None:
+    """A datetime from the DB as aware UTC (SQLite hands back naive values, stored as UTC)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# Results DB ----------------------------------------------------------------------------------
+
+
+def results_reader_engine(url: str) -> Any:
+    """An engine for reading the results DB that never creates anything.
+
+    A missing SQLite file is an error (SQLite would create an empty one); PostgreSQL gets a
+    short connect timeout so an unreachable server fails a scrape quickly.
+    """
+    import sqlalchemy as sa
+
+    from data_checks.errors import InputError
+
+    parsed = sa.engine.make_url(url)
+    connect_args: dict[str, Any] = {}
+    if parsed.get_backend_name() == "sqlite":
+        path = parsed.database
+        if path and path != ":memory:" and not Path(path).exists():
+            raise InputError(f"results database {path} does not exist (nothing scored yet?)")
+    elif parsed.get_backend_name() == "postgresql":
+        connect_args["connect_timeout"] = 5
+    return sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+
+
+@dataclass
+class ModelResults:
+    """What detection_results holds for one model."""
+
+    rows_by_version: dict[int, int] = field(default_factory=dict)
+    anomalies: int = 0
+    last_scored: datetime | None = None
+    rows_24h: int = 0
+    anomalies_24h: int = 0
+    rows_7d: int = 0
+    anomalies_7d: int = 0
+
+    @property
+    def share_24h(self) -> float | None:
+        return self.anomalies_24h / self.rows_24h if self.rows_24h else None
+
+    @property
+    def share_7d(self) -> float | None:
+        return self.anomalies_7d / self.rows_7d if self.rows_7d else None
+
+
+def read_results(engine: Any, now: datetime) -> dict[str, ModelResults]:
+    """Per-model totals and 24 h / 7 d windows in two aggregate queries.
+
+    The totals group by (model_name, model_version), the key of ix_detection_results_model;
+    the windows filter on scored_at >= now - 7 d, which ix_detection_results_scored_at serves.
+    A missing table reads as no rows.
+    """
+    import sqlalchemy as sa
+
+    from tasks.results import detection_results as t
+
+    if not sa.inspect(engine).has_table(t.name):
+        return {}
+    flagged = sa.cast(t.c.is_anomaly, sa.Integer)
+    day, week = now - timedelta(days=1), now - timedelta(days=7)
+    in_day = t.c.scored_at >= day
+    totals = (
+        sa.select(
+            t.c.model_name,
+            t.c.model_version,
+            sa.func.count(),
+            sa.func.coalesce(sa.func.sum(flagged), 0),
+            sa.func.max(t.c.scored_at),
+        )
+        .group_by(t.c.model_name, t.c.model_version)
+        .order_by(t.c.model_name, t.c.model_version)
+    )
+    windows = (
+        sa.select(
+            t.c.model_name,
+            sa.func.coalesce(sa.func.sum(sa.case((in_day, 1), else_=0)), 0),
+            sa.func.coalesce(sa.func.sum(sa.case((in_day, flagged), else_=0)), 0),
+            sa.func.count(),
+            sa.func.coalesce(sa.func.sum(flagged), 0),
+        )
+        .where(t.c.scored_at >= week)
+        .group_by(t.c.model_name)
+    )
+    found: dict[str, ModelResults] = {}
+    with engine.connect() as conn:
+        for name, version, rows, anomalies, last in conn.execute(totals):
+            m = found.setdefault(name, ModelResults())
+            m.rows_by_version[int(version)] = int(rows)
+            m.anomalies += int(anomalies)
+            last = _utc(last)
+            if last is not None and (m.last_scored is None or last > m.last_scored):
+                m.last_scored = last
+        for name, rows_24h, anomalies_24h, rows_7d, anomalies_7d in conn.execute(windows):
+            m = found.setdefault(name, ModelResults())
+            m.rows_24h, m.anomalies_24h = int(rows_24h), int(anomalies_24h)
+            m.rows_7d, m.anomalies_7d = int(rows_7d), int(anomalies_7d)
+    return found
+
+
+# MLflow registry -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelRegistration:
+    """A registered model: its versions and where its champion alias points."""
+
+    versions: int
+    champion: int | None
+    champion_exists: bool
+
+
+def check_tracking_store(tracking_uri: str) -> None:
+    """Fail when the tracking store cannot be read; never create an embedded SQLite store."""
+    from data_checks.errors import InputError
+
+    if tracking_uri.startswith("sqlite:///"):
+        path = tracking_uri.removeprefix("sqlite:///")
+        if not Path(path).exists():
+            raise InputError(f"MLflow database {path} does not exist (nothing trained yet?)")
+
+
+def read_registry(tracking_uri: str) -> dict[str, ModelRegistration]:
+    """Every registered model with its version count and champion (one search per model)."""
+    from registry.versions import CHAMPION, client
+
+    check_tracking_store(tracking_uri)
+    mlflow_client = client(tracking_uri)
+    found: dict[str, ModelRegistration] = {}
+    token = None
+    while True:
+        page = mlflow_client.search_registered_models(max_results=200, page_token=token)
+        for rm in page:
+            versions = {
+                int(v.version): v.status
+                for v in mlflow_client.search_model_versions(f"name='{rm.name}'")
+            }
+            aliases = {a: int(v) for a, v in (rm.aliases or {}).items()}
+            champion = aliases.get(CHAMPION)
+            found[rm.name] = ModelRegistration(
+                versions=len(versions),
+                champion=champion,
+                champion_exists=champion is not None and versions.get(champion) == "READY",
+            )
+        token = page.token
+        if not token:
+            return found
+
+
+# Stores --------------------------------------------------------------------------------------
+
+
+def check_store(root: str, endpoint_url: str | None) -> None:
+    """Fail when a folder or s3://bucket/prefix store cannot be read (one small listing)."""
+    from data_checks.errors import InputError
+    from tasks.store import s3_client, s3_error, split_s3_uri
+
+    if not root.startswith("s3://"):
+        if not Path(root).is_dir():
+            raise InputError(f"store folder {root} does not exist")
+        return
+    bucket, prefix = split_s3_uri(root.rstrip("/") + "/")
+    try:
+        s3_client(endpoint_url).list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
+    except Exception as exc:
+        raise s3_error(exc, root, endpoint_url) from exc
+
+
+@dataclass(frozen=True)
+class Backups:
+    """The complete backups in the backup store."""
+
+    count: int
+    newest: datetime | None
+
+    def newest_age_seconds(self, now: datetime) -> float | None:
+        return (now - self.newest).total_seconds() if self.newest else None
+
+
+def read_backups(root: str, endpoint_url: str | None) -> Backups:
+    """Count and newest creation time of the complete backups (those with a manifest)."""
+    from tasks import backup
+
+    if not root.startswith("s3://") and not Path(root).is_dir():
+        return Backups(0, None)  # no backup taken yet: the folder appears with the first
+    listed = backup.list_backups(backup.backup_store(root, endpoint_url))
+    newest = max((_utc(b["created_at"]) for b in listed), default=None)
+    return Backups(len(listed), newest)
+
+
+# Collector -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where the collector reads from (taken from Settings at the edge)."""
+
+    results_url: str
+    tracking_uri: str
+    backup_root: str
+    s3_endpoint_url: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> Sources:
+        return cls(
+            results_url=settings.results_url,
+            tracking_uri=settings.mlflow_tracking_uri,
+            backup_root=settings.backup_store_root,
+            s3_endpoint_url=settings.s3_endpoint_url,
+        )
+
+
+class PlatformCollector:
+    """A prometheus_client collector that queries every source on each scrape."""
+
+    def __init__(
+        self, sources: Sources, now: Callable[[], datetime] = lambda: datetime.now(UTC)
+    ) -> None:
+        self.sources = sources
+        self.now = now
+        self._engine: Any = None
+        self._errors = dict.fromkeys(SOURCES, 0)
+
+    def describe(self) -> Iterator[Any]:
+        """Families without samples: registering the collector queries nothing."""
+        yield from _families().values()
+
+    def _results_engine(self) -> Any:
+        if self._engine is None:
+            self._engine = results_reader_engine(self.sources.results_url)
+        return self._engine
+
+    def read(self) -> dict[str, Any]:
+        """One reading of every source: {source: value or exception} plus seconds per source."""
+        now = self.now()
+        readers = {
+            "results": lambda: read_results(self._results_engine(), now),
+            "registry": lambda: read_registry(self.sources.tracking_uri),
+            "backups": lambda: read_backups(self.sources.backup_root, self.sources.s3_endpoint_url),
+        }
+        values: dict[str, Any] = {"now": now, "seconds": {}}
+        for source, reader in readers.items():
+            started = time.perf_counter()
+            try:
+                values[source] = reader()
+            except Exception as exc:  # noqa: BLE001 - reported as pynomaly_scrape_error
+                values[source] = exc
+                self._errors[source] += 1
+                if source == "results" and self._engine is not None:
+                    self._engine.dispose()
+                    self._engine = None
+            values["seconds"][source] = time.perf_counter() - started
+        return values
+
+    def collect(self) -> Iterator[Any]:
+        values = self.read()
+        fam = _families()
+        results = values["results"]
+        if not isinstance(results, Exception):
+            for model, m in sorted(results.items()):
+                for version, rows in sorted(m.rows_by_version.items()):
+                    fam["pynomaly_detection_rows"].add_metric([model, str(version)], rows)
+                fam["pynomaly_anomalies"].add_metric([model], m.anomalies)
+                if m.last_scored is not None:
+                    fam["pynomaly_last_scored_timestamp_seconds"].add_metric(
+                        [model], m.last_scored.timestamp()
+                    )
+                fam["pynomaly_detection_rows_24h"].add_metric([model], m.rows_24h)
+                if m.share_24h is not None:
+                    fam["pynomaly_anomaly_share_24h"].add_metric([model], m.share_24h)
+                if m.share_7d is not None:
+                    fam["pynomaly_anomaly_share_7d"].add_metric([model], m.share_7d)
+        registry = values["registry"]
+        if not isinstance(registry, Exception):
+            for model, r in sorted(registry.items()):
+                if r.champion is not None:
+                    fam["pynomaly_champion_version"].add_metric([model], r.champion)
+                fam["pynomaly_model_has_champion"].add_metric([model], int(r.champion_exists))
+                fam["pynomaly_registered_model_versions"].add_metric([model], r.versions)
+        backups = values["backups"]
+        if not isinstance(backups, Exception):
+            age = backups.newest_age_seconds(values["now"])
+            if age is not None:
+                fam["pynomaly_backup_newest_age_seconds"].add_metric([], age)
+            fam["pynomaly_backup_count"].add_metric([], backups.count)
+        for source in SOURCES:
+            seconds = values["seconds"][source]
+            fam["pynomaly_scrape_duration_seconds"].add_metric([source], seconds)
+            failed = isinstance(values[source], Exception)
+            fam["pynomaly_scrape_error"].add_metric([source], int(failed))
+            fam["pynomaly_scrape_errors"].add_metric([source], self._errors[source])
+        yield from fam.values()
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+
+def _families() -> dict[str, Any]:
+    """Empty metric families, one per row of METRICS."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    kinds = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily}
+    return {
+        name: kinds[kind](name, help_text, labels=list(labels))
+        for name, (kind, help_text, labels) in METRICS.items()
+    }
+
+
+def metrics_registry(collector: PlatformCollector) -> Any:
+    """A registry holding only the platform collector (no process metrics of the CLI)."""
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return registry
+
+
+def samples(registry: Any) -> list[dict[str, Any]]:
+    """Every sample of one scrape as {name, labels, value}."""
+    return [
+        {"name": s.name, "labels": dict(s.labels), "value": s.value}
+        for family in registry.collect()
+        for s in family.samples
+    ]
+
+
+# Health --------------------------------------------------------------------------------------
+
+
+def _check(work: Callable[[], str]) -> dict[str, Any]:
+    """Run one check: {ok, detail}; any exception is a failed check with its first line."""
+    try:
+        return {"ok": True, "detail": work()}
+    except Exception as exc:  # noqa: BLE001 - a failed check is a result, not a crash
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return {"ok": False, "detail": f"{type(exc).__name__}: {text}".rstrip(": ")}
+
+
+def health_report(
+    sources: Sources,
+    artifact_root: str,
+    max_backup_age_hours: float = 26.0,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """Check every dependency of the platform: {healthy, checks: {name: {ok, detail}}}."""
+    import sqlalchemy as sa
+
+    from data_checks.errors import InputError
+
+    now = now or datetime.now(UTC)
+
+    def results_db() -> str:
+        engine = results_reader_engine(sources.results_url)
+        try:
+            with engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+        finally:
+            engine.dispose()
+        return f"reachable ({engine.url.render_as_string(hide_password=True)})"
+
+    registrations: dict[str, ModelRegistration] = {}
+
+    def tracking_store() -> str:
+        registrations.update(read_registry(sources.tracking_uri))
+        return f"reachable, {len(registrations)} registered model(s)"
+
+    def artifact_store() -> str:
+        check_store(artifact_root, sources.s3_endpoint_url)
+        return f"reachable ({artifact_root})"
+
+    def newest_backup() -> str:
+        found = read_backups(sources.backup_root, sources.s3_endpoint_url)
+        age = found.newest_age_seconds(now)
+        if age is None:
+            raise InputError(f"no complete backup in {sources.backup_root}")
+        hours = age / 3600
+        if hours > max_backup_age_hours:
+            raise InputError(f"newest backup is {hours:.1f} h old (limit {max_backup_age_hours} h)")
+        return f"newest backup {hours:.1f} h old, {found.count} backup(s)"
+
+    checks = {
+        "results_db": _check(results_db),
+        "tracking_store": _check(tracking_store),
+    }
+    if checks["tracking_store"]["ok"]:
+        for model, r in sorted(registrations.items()):
+            if r.champion is None:
+                checks[f"champion:{model}"] = {"ok": False, "detail": "no champion alias"}
+            elif not r.champion_exists:
+                checks[f"champion:{model}"] = {
+                    "ok": False,
+                    "detail": f"champion points at v{r.champion}, which is missing or not ready",
+                }
+            else:
+                checks[f"champion:{model}"] = {"ok": True, "detail": f"v{r.champion}"}
+    checks["artifact_store"] = _check(artifact_store)
+    checks["backups"] = _check(newest_backup)
+    return {
+        "healthy": all(c["ok"] for c in checks.values()),
+        "checked_at": now.isoformat(),
+        "checks": checks,
+    }
