@@ -54,6 +54,7 @@ MAX_SEARCH_ROWS = 3000  # bounds one trial: the search sees a subsample, the win
 MAX_QUADRATIC_ROWS = 5000  # knn/lof/ocsvm beyond this many rows are too slow for the budget
 REFIT_SHARE = 0.2  # share of the time budget kept for refitting the winner on all rows
 HOLDOUT_SHARE = 0.3
+MIN_LABELLED_ANOMALIES = 4  # fewer cannot be split into fit and held-back parts
 LABELLED_SPLITS = 2
 
 
@@ -170,6 +171,7 @@ class SearchSettings:
     random_state: int
     deadline: float  # time.time() after which trials stop fitting
     allow_quadratic: bool
+    worker: int = 0
     cache: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
@@ -315,19 +317,21 @@ def _prior_consensus(settings: SearchSettings) -> np.ndarray:
     """Rank-averaged scores of the prior ensemble on all search rows (the agreement target)."""
     if "consensus" not in settings.cache:
         first, _ = _label_free_splits(settings)
-        config = {
-            "detectors": [{"name": n, "params": {}} for n in PRIOR_ENSEMBLE],
-            "scaler": "minmax",
-            "combine": "rank",
-        }
         every = np.arange(len(settings.X))
         # Not deadline-bound: it is computed once and the search cannot judge anything without it.
-        saved = settings.deadline
-        object.__setattr__(settings, "deadline", math.inf)
-        try:
-            settings.cache["consensus"] = _fit_scored(config, settings, first, every)
-        finally:
-            object.__setattr__(settings, "deadline", saved)
+        unbounded = replace(settings, deadline=math.inf)
+        members = []
+        for name in PRIOR_ENSEMBLE:
+            single = {"detectors": [{"name": name, "params": {}}], "scaler": "minmax"}
+            try:
+                members.append(_fit_scored({**single, "combine": None}, unbounded, first, every))
+            except ValueError:
+                # CBLOF cannot always separate large from small clusters: the others still agree.
+                continue
+        if not members:
+            raise InputError("none of the prior detectors could be fitted on these rows")
+        refs = [np.sort(m[first]) for m in members]
+        settings.cache["consensus"] = combine_scores(members, refs, "rank")
     return settings.cache["consensus"]
 
 
@@ -376,6 +380,7 @@ def objective(trial: Any, settings: SearchSettings) -> float:
         # The prior ensemble is the fallback answer: it always finishes, even past the deadline.
         settings = replace(settings, deadline=math.inf)
     trial.set_user_attr("config", config)
+    trial.set_user_attr("worker", settings.worker)
     if not labelled:
         parts = label_free_score(config, settings)
         trial.set_user_attr("agreement", parts["agreement"])
@@ -448,7 +453,6 @@ def _optimize(
     if n_trials is not None:
         # Caps the total over all workers of a shared study, not each worker's own count.
         callbacks = [*callbacks, optuna.study.MaxTrialsCallback(n_trials, states=None)]
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     with warnings.catch_warnings():
         # Detectors warn about small clusters, constant columns and the like; the leaderboard
         # records what failed.
@@ -472,6 +476,8 @@ def _worker(
     """One spawned process: load the shared study and run trials on it."""
     import optuna
 
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    settings = replace(settings, worker=worker_index)
     sampler = _make_sampler(settings.random_state + worker_index, parallel=True)
     study = optuna.load_study(
         study_name=study_name, storage=storage, sampler=sampler, pruner=_pruner()
@@ -500,6 +506,7 @@ def trial_info(trial: Any) -> dict[str, Any]:
         "value": trial.value,
         "seconds": seconds,
         "state": trial.state.name,
+        "worker": trial.user_attrs.get("worker"),
     }
     for key in ("agreement", "stability"):
         if key in trial.user_attrs:
@@ -530,8 +537,8 @@ def _check_inputs(
     if not np.isin(labels, [0, 1]).all():
         raise InputError("y must hold only 0 (normal) and 1 (anomaly)")
     labels = labels.astype(int)
-    if labels.sum() < 4 or (labels == 0).sum() < 4:
-        raise InputError("y needs at least 4 anomalies and 4 normal rows for a held-back split")
+    if (labels == 0).sum() < 4:
+        raise InputError("y needs at least 4 rows labelled normal (0)")
     return labels
 
 
@@ -553,8 +560,23 @@ def fit_best_detector(
     import optuna
 
     started = time.time()
+    # Failed trials are on the leaderboard (state FAIL); their tracebacks would flood the log.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     frame = _as_frame(X).reset_index(drop=True)
     labels = _check_inputs(frame, y, metric, n_workers, storage)
+    objective_name = "label-free" if labels is None else metric
+    if labels is not None and labels.sum() < MIN_LABELLED_ANOMALIES:
+        # Too few anomalies for a held-back measurement that means anything: search label-free
+        # and say so in best_config_["objective"] (the labels still set the contamination).
+        warnings.warn(
+            f"only {labels.sum()} labelled anomalies (< {MIN_LABELLED_ANOMALIES}): "
+            "searching with the label-free criterion",
+            stacklevel=2,
+        )
+        objective_name = "label-free (too few labelled anomalies)"
+        if contamination is None:
+            contamination = float(np.clip(labels.mean(), 0.001, 0.49))
+        labels = None
     if contamination is None:
         contamination = (
             float(np.clip(labels.mean(), 0.001, 0.49))
@@ -630,13 +652,23 @@ def fit_best_detector(
         "scaler": config["scaler"],
         "combine": config["combine"],
         "fit_on": config["fit_on"],
-        "objective": "label-free" if labels is None else metric,
+        "objective": objective_name,
         "value": trial.value,
         "trial": trial.number,
     }
     result.leaderboard_ = pd.DataFrame(
         [trial_info(t) for t in study.get_trials(deepcopy=False)],
-        columns=["number", "detector", "params", "scaler", "fit_on", "value", "seconds", "state"],
+        columns=[
+            "number",
+            "detector",
+            "params",
+            "scaler",
+            "fit_on",
+            "value",
+            "seconds",
+            "state",
+            "worker",
+        ],
     )
     result.study_ = study
     result.study_name_ = study_name

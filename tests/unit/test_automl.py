@@ -127,6 +127,16 @@ def test_labels_must_be_zero_or_one(data: tuple) -> None:
         fit_best_detector(x_train, y_train * 2)
 
 
+def test_too_few_labelled_anomalies_fall_back_to_label_free(data: tuple) -> None:
+    x_train, _, y_train, _ = data
+    few = np.zeros_like(y_train)
+    few[np.flatnonzero(y_train)[:2]] = 1
+    with pytest.warns(UserWarning, match="label-free"):
+        model = fit_best_detector(x_train, few, time_budget_s=30, n_trials=1)
+    assert model.best_config_["objective"] == "label-free (too few labelled anomalies)"
+    assert model.contamination == pytest.approx(2 / len(few))
+
+
 def test_rank_ensemble_is_a_mean_of_training_ecdfs() -> None:
     rng = np.random.RandomState(0)
     train, new = rng.normal(size=(200, 3)), rng.normal(size=(10, 3))
