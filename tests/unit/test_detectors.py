@@ -70,3 +70,11 @@ def test_scores_do_not_depend_on_the_batch(name: str, data: tuple) -> None:
     together = pipeline.decision_function(test)[:3]
     alone = pipeline.decision_function(test.head(3))
     np.testing.assert_allclose(together, alone, rtol=1e-9)
+
+
+@pytest.mark.parametrize("name", sorted(CATALOG))
+def test_scores_are_finite_with_a_constant_column(name: str, data: tuple) -> None:
+    train, test, _ = data
+    train, test = train.assign(constant=1.0), test.assign(constant=1.0)
+    scores = make_pipeline(train, name).fit(train).decision_function(test)
+    assert np.isfinite(scores).all()
