@@ -157,7 +157,15 @@ def train_detector(
         estimator = make_pipeline(
             x_fit, detector, params, contamination=contamination, random_state=random_state
         )
-        estimator.fit(x_fit)
+        try:
+            estimator.fit(x_fit)
+        except ValueError as exc:
+            # e.g. CBLOF: "Could not form valid cluster separation" on some data.
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputError(
+                f"{where}: detector {detector!r} cannot be fitted on this data ({first}); "
+                "choose another detector or --detector auto"
+            ) from exc
         chosen = dict(params or {})
     fit_seconds = time.perf_counter() - started
 

@@ -60,3 +60,19 @@ def test_bad_labels(labels: list, message: str) -> None:
 def test_missing_label_column() -> None:
     with pytest.raises(InputError, match="label column 'nope' not found"):
         train_detector(pd.DataFrame({"x": [1.0, 2.0]}), label_column="nope")
+
+
+def test_a_detector_that_cannot_fit_is_a_clear_input_error(monkeypatch) -> None:
+    import tasks.train as train_module
+
+    class Unfittable:
+        def fit(self, X):
+            raise ValueError("Could not form valid cluster separation.\nmore detail")
+
+    monkeypatch.setattr(train_module, "make_pipeline", lambda *a, **k: Unfittable())
+    with pytest.raises(
+        InputError,
+        match="detector 'cblof' cannot be fitted on this data "
+        r"\(Could not form valid cluster separation.\); choose another",
+    ):
+        train_detector(pd.DataFrame({"x": np.arange(10.0)}), detector="cblof", where="d.csv")
