@@ -16,7 +16,19 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from deployments.cli_options import DebugOpt, JsonOpt
+from deployments.cli_options import (
+    BatchOpt,
+    BudgetOpt,
+    ContaminationOpt,
+    DebugOpt,
+    DelimOpt,
+    DetectorOpt,
+    JsonOpt,
+    LabelOpt,
+    QueryOpt,
+    TrialsOpt,
+    WorkersOpt,
+)
 
 app = typer.Typer(
     help="Pynomaly: anomaly detection you can trust, trace and restore.",
@@ -26,24 +38,6 @@ app = typer.Typer(
 )
 out = Console()
 err = Console(stderr=True)
-
-QueryOpt = Annotated[
-    str | None, typer.Option("--query", help="For a SQL URL source: a table name or a SELECT.")
-]
-DelimOpt = Annotated[str, typer.Option("--delimiter", help="CSV field delimiter.")]
-LabelOpt = Annotated[
-    str | None, typer.Option("--label-column", help="0/1 labels, for hold-out metrics.")
-]
-DetectorOpt = Annotated[str, typer.Option("--detector", help="Catalog name or 'auto'.")]
-ContaminationOpt = Annotated[
-    float | None, typer.Option("--contamination", help="Expected anomaly share.")
-]
-BudgetOpt = Annotated[float, typer.Option("--time-budget", help="AutoML seconds.")]
-TrialsOpt = Annotated[int | None, typer.Option("--trials", help="AutoML trial cap.")]
-WorkersOpt = Annotated[int, typer.Option("--workers", help="AutoML parallel workers.")]
-BatchOpt = Annotated[
-    str | None, typer.Option("--batch-id", help="Default: the batch's content hash.")
-]
 
 
 def _quiet_libraries() -> None:

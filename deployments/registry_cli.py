@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from deployments.cli_options import DebugOpt, JsonOpt
+from deployments.cli_options import DebugOpt, DelimOpt, JsonOpt, QueryOpt
 
 registry_app = typer.Typer(
     help="The model registry: lineage, promotion gate, promotion and rollback.",
@@ -221,8 +221,8 @@ def evaluate(
     no_promote: Annotated[
         bool, typer.Option("--no-promote", help="Only record the decision.")
     ] = False,
-    query: Annotated[str | None, typer.Option("--query")] = None,
-    delimiter: Annotated[str, typer.Option("--delimiter")] = ",",
+    query: QueryOpt = None,
+    delimiter: DelimOpt = ",",
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -243,7 +243,7 @@ def evaluate(
             delimiter=delimiter,
         )
 
-    result = run(work, as_json=as_json, debug=debug, status="Evaluating…")
+    result = run(work, as_json=as_json, debug=debug, status="Evaluating…", sources=(data,))
     if not as_json:
         _print(
             f"{name} v{version}: {result['decision']}"
@@ -261,8 +261,8 @@ def drift(
     retrain: Annotated[
         bool, typer.Option("--retrain/--no-retrain", help="Start a retrain when drift is found.")
     ] = True,
-    query: Annotated[str | None, typer.Option("--query")] = None,
-    delimiter: Annotated[str, typer.Option("--delimiter")] = ",",
+    query: QueryOpt = None,
+    delimiter: DelimOpt = ",",
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -276,7 +276,7 @@ def drift(
             source, model, retrain_on_drift=retrain, query=query, delimiter=delimiter
         )
 
-    result = run(work, as_json=as_json, debug=debug, status="Checking drift…")
+    result = run(work, as_json=as_json, debug=debug, status="Checking drift…", sources=(source,))
     if as_json:
         return
     drifted = [c for c, r in result["columns"].items() if r["drifted"]]
