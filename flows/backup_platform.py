@@ -26,6 +26,7 @@ def backup_platform(
 ) -> dict[str, Any]:
     """Back up MLflow, results, Optuna and Prefect DBs, suites and artifacts; prune old ones."""
     settings = get_settings()
+    settings.export_client_environment()
     state = backup.platform_state(settings)
     store = backup.backup_store(settings.backup_store_root, settings.s3_endpoint_url)
 

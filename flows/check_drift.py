@@ -110,6 +110,7 @@ def check_drift(
     from registry.versions import client, parse_model_ref
 
     settings = get_settings()
+    settings.export_client_environment()
     store = settings.store()
     uri = settings.mlflow_tracking_uri
     name, ref_alias = parse_model_ref(model)

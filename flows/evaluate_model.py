@@ -209,6 +209,7 @@ def evaluate_model(
     from registry.versions import client
 
     settings = get_settings()
+    settings.export_client_environment()
     uri = settings.mlflow_tracking_uri
 
     # Evaluation data

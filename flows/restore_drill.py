@@ -18,6 +18,7 @@ drill_restore = task(name="drill_restore", cache_policy=NO_CACHE)(backup.drill_r
 def restore_drill(backup_id: str = "latest") -> dict[str, Any]:
     """Verify checksums, restore into scratch, compare counts and champion scores, clean up."""
     settings = get_settings()
+    settings.export_client_environment()
     state = backup.platform_state(settings)
     store = backup.backup_store(settings.backup_store_root, settings.s3_endpoint_url)
 

@@ -110,6 +110,7 @@ def retrain_detector(
     from registry.versions import client
 
     settings = get_settings()
+    settings.export_client_environment()
     store = settings.store()
     uri = settings.mlflow_tracking_uri
     mlflow_client = client(uri)
