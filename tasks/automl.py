@@ -370,6 +370,11 @@ def _metric(name: str, y: np.ndarray, scores: np.ndarray) -> float:
     return float(average_precision_score(y, scores))
 
 
+def _trial_value(value: float) -> float:
+    """A trial's value rounded, so float noise (1.0 vs 1.0000000000000002) never picks the best."""
+    return round(float(value), 12)
+
+
 def objective(trial: Any, settings: SearchSettings) -> float:
     """The value of one trial: held-back metric with labels, label-free criterion without."""
     import optuna
@@ -385,7 +390,7 @@ def objective(trial: Any, settings: SearchSettings) -> float:
         parts = label_free_score(config, settings)
         trial.set_user_attr("agreement", parts["agreement"])
         trial.set_user_attr("stability", parts["stability"])
-        return parts["value"]
+        return _trial_value(parts["value"])
     if "splits" not in settings.cache:
         settings.cache["splits"] = labelled_splits(settings.y, settings.random_state)
     values = []
@@ -397,7 +402,7 @@ def objective(trial: Any, settings: SearchSettings) -> float:
         trial.report(float(np.mean(values)), step)
         if trial.should_prune():
             raise optuna.TrialPruned()
-    return float(np.mean(values))
+    return _trial_value(np.mean(values))
 
 
 # ---------------------------------------------------------------- the search

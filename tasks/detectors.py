@@ -40,7 +40,9 @@ CATALOG: dict[str, DetectorSpec] = {
     # giving infinite scores (measured on ADBench mnist, optdigits, cardio).
     "pca": DetectorSpec("pyod.models.pca:PCA", {"n_components": 0.95}, seeded=True),
     "cblof": DetectorSpec("pyod.models.cblof:CBLOF", {"n_clusters": 8}, seeded=True),
-    "loda": DetectorSpec("pyod.models.loda:LODA", {"n_bins": 10, "n_random_cuts": 100}),
+    "loda": DetectorSpec(
+        "pyod.models.loda:LODA", {"n_bins": 10, "n_random_cuts": 100}, seeded=True
+    ),
     "inne": DetectorSpec("pyod.models.inne:INNE", {"n_estimators": 200}, seeded=True),
 }
 
