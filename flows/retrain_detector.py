@@ -106,7 +106,7 @@ def retrain_detector(
     """Retrain on new data (or the newest batches) plus earlier snapshots; register and gate."""
     from flows.evaluate_model import expected_share_of
     from flows.train_detector import train_detector
-    from registry.promotion import claim_retrain
+    from registry.promotion import claim_retrain, retrain_attempt
     from registry.versions import client
 
     settings = get_settings()
@@ -118,7 +118,7 @@ def retrain_detector(
     dataset = champion.tags.get("dataset") or model
 
     # Cooldown and daily cap (manual retrains are never held back)
-    ok, why = claim_retrain(
+    ok, claim = claim_retrain(
         mlflow_client,
         uri,
         model,
@@ -129,58 +129,62 @@ def retrain_detector(
         enforce=trigger != "manual",
     )
     if not ok:
-        print(f"retrain of {model} skipped: {why}")
-        return {"status": "skipped", "reason": why, "model": model, "trigger": trigger}
+        print(f"retrain of {model} skipped: {claim}")
+        return {"status": "skipped", "reason": claim, "model": model, "trigger": trigger}
+    # A failed attempt counts against the daily cap but holds no cooldown.
+    with retrain_attempt(mlflow_client, uri, model, claim, settings.home_dir) as attempt:
+        # Ingest: new data, or the batches checked/scored since the last training
+        versions = mlflow_client.search_model_versions(f"name = '{model}'")
+        earlier = earlier_snapshots(versions)
+        if source:
+            manifest = load_source(source, dataset, store, query, delimiter, settings.chunk_rows)
+            new = [f"{manifest.dataset}/{manifest.sha256}"]
+        else:
+            new = find_new_batches(store, model, earlier, window_size)
+            if not new:
+                attempt["status"] = "skipped"
+                return {"status": "skipped", "reason": "no new data", "model": model}
 
-    # Ingest: new data, or the batches checked/scored since the last training
-    versions = mlflow_client.search_model_versions(f"name = '{model}'")
-    earlier = earlier_snapshots(versions)
-    if source:
-        manifest = load_source(source, dataset, store, query, delimiter, settings.chunk_rows)
-        new = [f"{manifest.dataset}/{manifest.sha256}"]
-    else:
-        new = find_new_batches(store, model, earlier, window_size)
-        if not new:
-            return {"status": "skipped", "reason": "no new data", "model": model}
-
-    # Window
-    parts = choose_window(earlier, new, window, window_size)
-    # A hand-made champion has no label tag: the platform-trained versions know the column.
-    known = [(mv.tags or {}).get("label_column") for mv in versions]
-    label = (
-        label_column
-        or champion.tags.get("label_column")
-        or next((c for c in reversed(known) if c), None)
-    )
-
-    # Train, register and gate: the train flow's own path, on the window's rows
-    with tempfile.TemporaryDirectory() as folder:
-        path, label, rows = combine_window(store, parts, label, folder)
-        trained = train_detector(
-            path,
-            model,
-            dataset=dataset,
-            label_column=label,
-            detector=detector or champion.tags.get("detector") or "iforest",
-            contamination=expected_share_of(mlflow_client, [champion], None),
-            time_budget_s=time_budget_s,
-            n_trials=n_trials,
+        # Window
+        parts = choose_window(earlier, new, window, window_size)
+        # A hand-made champion has no label tag: the platform-trained versions know the column.
+        known = [(mv.tags or {}).get("label_column") for mv in versions]
+        label = (
+            label_column
+            or champion.tags.get("label_column")
+            or next((c for c in reversed(known) if c), None)
         )
-    version = str(trained["version"])
-    mlflow_client.set_model_version_tag(model, version, WINDOW_TAG, json.dumps(parts))
-    mlflow_client.set_model_version_tag(model, version, "retrain_trigger", trigger)
-    mlflow_client.set_model_version_tag(model, version, "window_policy", f"{window}:{window_size}")
-    return {
-        "status": "done",
-        "model": model,
-        "trigger": trigger,
-        "version": trained["version"],
-        "alias": trained["alias"],
-        "gate": trained["gate"].get("decision"),
-        "window": parts,
-        "rows": rows,
-        "label_column": label,
-    }
+
+        # Train, register and gate: the train flow's own path, on the window's rows
+        with tempfile.TemporaryDirectory() as folder:
+            path, label, rows = combine_window(store, parts, label, folder)
+            trained = train_detector(
+                path,
+                model,
+                dataset=dataset,
+                label_column=label,
+                detector=detector or champion.tags.get("detector") or "iforest",
+                contamination=expected_share_of(mlflow_client, [champion], None),
+                time_budget_s=time_budget_s,
+                n_trials=n_trials,
+            )
+        version = str(trained["version"])
+        mlflow_client.set_model_version_tag(model, version, WINDOW_TAG, json.dumps(parts))
+        mlflow_client.set_model_version_tag(model, version, "retrain_trigger", trigger)
+        mlflow_client.set_model_version_tag(
+            model, version, "window_policy", f"{window}:{window_size}"
+        )
+        return {
+            "status": "done",
+            "model": model,
+            "trigger": trigger,
+            "version": trained["version"],
+            "alias": trained["alias"],
+            "gate": trained["gate"].get("decision"),
+            "window": parts,
+            "rows": rows,
+            "label_column": label,
+        }
 
 
 if __name__ == "__main__":

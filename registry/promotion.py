@@ -105,16 +105,19 @@ def _prefect_lock(name: str, timeout_s: float) -> Iterator[None]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
     from prefect.concurrency.sync import concurrency
-    from prefect.exceptions import ObjectNotFound
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
     limit = f"pynomaly-promote-{name}"
     with get_client(sync_client=True) as prefect_client:
         try:
             prefect_client.read_global_concurrency_limit_by_name(limit)
         except ObjectNotFound:
-            prefect_client.create_global_concurrency_limit(
-                GlobalConcurrencyLimitCreate(name=limit, limit=1)
-            )
+            try:
+                prefect_client.create_global_concurrency_limit(
+                    GlobalConcurrencyLimitCreate(name=limit, limit=1)
+                )
+            except ObjectAlreadyExists:
+                pass  # another promotion created it between our read and our create
     # strict: a missing limit must fail, never silently run unguarded
     with concurrency(limit, occupy=1, timeout_seconds=timeout_s, strict=True):
         yield
@@ -281,11 +284,39 @@ def read_retrains(mlflow_client: Any, name: str) -> list[dict[str, Any]]:
     return json.loads(raw) if raw else []
 
 
-def record_retrain(mlflow_client: Any, name: str, trigger: str, run: str | None = None) -> None:
-    """Append a retrain to the model's history (the cooldown and daily cap read it)."""
+def record_retrain(mlflow_client: Any, name: str, trigger: str, run: str | None = None) -> str:
+    """Append a started retrain to the model's history; returns its time, the entry's key."""
     history = read_retrains(mlflow_client, name)
-    history.append({"at": now_iso(), "trigger": trigger, "run": run or ""})
+    at = now_iso()
+    history.append({"at": at, "trigger": trigger, "run": run or "", "status": "started"})
     mlflow_client.set_registered_model_tag(name, RETRAIN_TAG, json.dumps(history[-HISTORY_KEEP:]))
+    return at
+
+
+def finish_retrain(
+    mlflow_client: Any, tracking_uri: str, name: str, at: str, status: str, lock_dir: Path
+) -> None:
+    """Mark the retrain started at `at` as done or failed (a failed one holds no cooldown)."""
+    with promotion_lock(tracking_uri, name, lock_dir):
+        history = read_retrains(mlflow_client, name)
+        for entry in history:
+            if entry["at"] == at:
+                entry["status"] = status
+        mlflow_client.set_registered_model_tag(name, RETRAIN_TAG, json.dumps(history))
+
+
+@contextmanager
+def retrain_attempt(
+    mlflow_client: Any, tracking_uri: str, name: str, at: str, lock_dir: Path
+) -> Iterator[dict[str, str]]:
+    """Around a claimed retrain: mark it failed if the body raises, else with the status set."""
+    attempt = {"status": "done"}
+    try:
+        yield attempt
+    except BaseException:
+        finish_retrain(mlflow_client, tracking_uri, name, at, "failed", lock_dir)
+        raise
+    finish_retrain(mlflow_client, tracking_uri, name, at, attempt["status"], lock_dir)
 
 
 def retrain_allowed(
@@ -294,13 +325,20 @@ def retrain_allowed(
     cooldown_hours: float,
     max_per_day: int,
 ) -> tuple[bool, str]:
-    """Whether another retrain may start now, given the earlier ones; with the reason."""
-    times = sorted(datetime.fromisoformat(e["at"]) for e in history)
+    """Whether another retrain may start now, given the earlier ones; with the reason.
+
+    Every attempt counts against the daily cap (a retrain that keeps failing must not run in a
+    loop); only attempts that did not fail hold the cooldown, so a failed one can be retried.
+    An attempt skipped for want of new data counts for neither.
+    """
+    tried = [e for e in history if e.get("status") != "skipped"]
+    times = sorted(datetime.fromisoformat(e["at"]) for e in tried)
     last_day = [t for t in times if (now - t).total_seconds() < 86_400]
     if len(last_day) >= max_per_day:
         return False, f"{len(last_day)} retrain(s) in the last 24 h (cap {max_per_day})"
-    if times and (now - times[-1]).total_seconds() < cooldown_hours * 3600:
-        ago = (now - times[-1]).total_seconds() / 3600
+    held = sorted(datetime.fromisoformat(e["at"]) for e in tried if e.get("status") != "failed")
+    if held and (now - held[-1]).total_seconds() < cooldown_hours * 3600:
+        ago = (now - held[-1]).total_seconds() / 3600
         return False, f"last retrain {ago:.1f} h ago (cooldown {cooldown_hours:g} h)"
     return True, "allowed"
 
@@ -317,7 +355,10 @@ def claim_retrain(
     enforce: bool = True,
     run: str | None = None,
 ) -> tuple[bool, str]:
-    """Check the cooldown and daily cap and record the retrain, atomically under the lock."""
+    """Check the cooldown and daily cap and record the retrain, atomically under the lock.
+
+    Returns (True, the entry's time) when claimed, else (False, why not).
+    """
     with promotion_lock(tracking_uri, name, lock_dir):
         if enforce:
             ok, why = retrain_allowed(
@@ -325,5 +366,4 @@ def claim_retrain(
             )
             if not ok:
                 return False, why
-        record_retrain(mlflow_client, name, trigger, run)
-    return True, "allowed"
+        return True, record_retrain(mlflow_client, name, trigger, run)

@@ -1,1 +1,1 @@
-"""Plain pipeline functions (no Prefect import) and, in `tasks.steps`, their Prefect task wrappers."""
+"""Plain pipeline functions, no Prefect import; `tasks.steps` wraps them as Prefect tasks."""

@@ -159,3 +159,28 @@ def test_drift_starts_a_retrain_with_a_cooldown(files, monkeypatch):
     get_settings.cache_clear()
     event = check_drift(files["shifted"], "m", trigger="event")
     assert event["retrain"] == {"status": "event emitted", "event": "pynomaly.drift.detected"}
+
+
+def test_a_failed_retrain_is_recorded_and_holds_no_cooldown(files, tmp_path, monkeypatch):
+    from data_checks.errors import InputError
+    from flows.retrain_detector import retrain_detector
+    from flows.train_detector import train_detector
+    from registry.promotion import read_retrains
+
+    train_detector(files["train"], "m", label_column="y")
+    missing = str(tmp_path / "not-there.csv")
+    with pytest.raises(InputError, match="not-there.csv"):
+        retrain_detector("m", missing, trigger="schedule", time_budget_s=5)
+    assert [e["status"] for e in read_retrains(mlflow_client(), "m")] == ["failed"]
+
+    # The failure held no cooldown: the next scheduled retrain runs, and then it holds one.
+    done = retrain_detector("m", files["fresh"], trigger="schedule", time_budget_s=5)
+    assert done["status"] == "done" and done["version"] == 2
+    assert [e["status"] for e in read_retrains(mlflow_client(), "m")] == ["failed", "done"]
+    # Two attempts today, one failed: the default cap of 2 counts both.
+    held = retrain_detector("m", files["fresh"], trigger="schedule", time_budget_s=5)
+    assert held["status"] == "skipped" and "2 retrain(s) in the last 24 h" in held["reason"]
+    monkeypatch.setenv("PYNOMALY_MAX_RETRAINS_PER_DAY", "5")
+    get_settings.cache_clear()
+    held = retrain_detector("m", files["fresh"], trigger="schedule", time_budget_s=5)
+    assert held["status"] == "skipped" and "cooldown" in held["reason"]

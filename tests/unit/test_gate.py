@@ -150,3 +150,18 @@ def test_retrain_cooldown_and_daily_cap():
     ok, why = retrain_allowed([at(20), at(10)], now, 6, 2)
     assert not ok and "cap 2" in why
     assert retrain_allowed([at(30), at(10)], now, 6, 2)[0]
+
+
+def test_failed_retrain_holds_no_cooldown_but_counts_against_the_cap():
+    now = datetime(2026, 1, 2, 12, tzinfo=UTC)
+
+    def at(hours: float, status: str) -> dict:
+        return {"at": (now - timedelta(hours=hours)).isoformat(), "status": status}
+
+    assert retrain_allowed([at(1, "failed")], now, 6, 2) == (True, "allowed")
+    ok, why = retrain_allowed([at(1, "started")], now, 6, 2)
+    assert not ok and "cooldown" in why
+    ok, why = retrain_allowed([at(2, "failed"), at(1, "failed")], now, 6, 2)
+    assert not ok and "cap 2" in why
+    # Skipped for want of new data: no retrain happened, nothing is held
+    assert retrain_allowed([at(2, "skipped"), at(1, "skipped")], now, 6, 2)[0]
