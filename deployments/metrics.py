@@ -150,42 +150,46 @@ class ModelResults:
 
 
 def read_results(engine: Any, now: datetime) -> dict[str, ModelResults]:
-    """Per-model totals and 24 h / 7 d windows in two aggregate queries.
+    """Per-model totals and 24 h / 7 d windows in two aggregate queries over batch summaries.
 
-    The totals group by (model_name, model_version), the key of ix_detection_results_model;
-    the windows filter on scored_at >= now - 7 d, which ix_detection_results_scored_at serves.
-    A missing table reads as no rows.
+    They read detection_batches, one row per scored batch, so a scrape never scans the scored
+    rows. A results DB from before that table is summarised on the fly from detection_results
+    (the same columns); a missing results table reads as no rows.
     """
     import sqlalchemy as sa
 
-    from tasks.results import detection_results as t
+    from tasks.results import detection_batches, detection_results, summarised_rows
 
-    if not sa.inspect(engine).has_table(t.name):
+    inspector = sa.inspect(engine)
+    if inspector.has_table(detection_batches.name):
+        b = detection_batches
+    elif inspector.has_table(detection_results.name):
+        b = summarised_rows().subquery()
+    else:
         return {}
-    flagged = sa.cast(t.c.is_anomaly, sa.Integer)
     day, week = now - timedelta(days=1), now - timedelta(days=7)
-    in_day = t.c.scored_at >= day
+    in_day = b.c.scored_at >= day
     totals = (
         sa.select(
-            t.c.model_name,
-            t.c.model_version,
-            sa.func.count(),
-            sa.func.coalesce(sa.func.sum(flagged), 0),
-            sa.func.max(t.c.scored_at),
+            b.c.model_name,
+            b.c.model_version,
+            sa.func.coalesce(sa.func.sum(b.c.row_count), 0),
+            sa.func.coalesce(sa.func.sum(b.c.anomaly_count), 0),
+            sa.func.max(b.c.scored_at),
         )
-        .group_by(t.c.model_name, t.c.model_version)
-        .order_by(t.c.model_name, t.c.model_version)
+        .group_by(b.c.model_name, b.c.model_version)
+        .order_by(b.c.model_name, b.c.model_version)
     )
     windows = (
         sa.select(
-            t.c.model_name,
-            sa.func.coalesce(sa.func.sum(sa.case((in_day, 1), else_=0)), 0),
-            sa.func.coalesce(sa.func.sum(sa.case((in_day, flagged), else_=0)), 0),
-            sa.func.count(),
-            sa.func.coalesce(sa.func.sum(flagged), 0),
+            b.c.model_name,
+            sa.func.coalesce(sa.func.sum(sa.case((in_day, b.c.row_count), else_=0)), 0),
+            sa.func.coalesce(sa.func.sum(sa.case((in_day, b.c.anomaly_count), else_=0)), 0),
+            sa.func.coalesce(sa.func.sum(b.c.row_count), 0),
+            sa.func.coalesce(sa.func.sum(b.c.anomaly_count), 0),
         )
-        .where(t.c.scored_at >= week)
-        .group_by(t.c.model_name)
+        .where(b.c.scored_at >= week)
+        .group_by(b.c.model_name)
     )
     found: dict[str, ModelResults] = {}
     with engine.connect() as conn:

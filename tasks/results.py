@@ -1,4 +1,9 @@
-"""The results database: `detection_results`, written idempotently per batch id."""
+"""The results database: `detection_results`, written idempotently per batch id.
+
+Beside the rows, `detection_batches` keeps one summary row per batch (model, version, row and
+anomaly counts, scored_at), written in the same transaction. Monitoring reads the summaries, so
+a metrics scrape costs one row per batch, not a scan of every scored row.
+"""
 
 from __future__ import annotations
 
@@ -26,13 +31,62 @@ detection_results = sa.Table(
     sa.Index("ix_detection_results_scored_at", "scored_at"),
 )
 
+detection_batches = sa.Table(
+    "detection_batches",
+    metadata,
+    sa.Column("batch_id", sa.String(128), primary_key=True),
+    sa.Column("model_name", sa.String(200), nullable=False),
+    sa.Column("model_version", sa.Integer, nullable=False),
+    sa.Column("row_count", sa.BigInteger, nullable=False),
+    sa.Column("anomaly_count", sa.BigInteger, nullable=False),
+    sa.Column("scored_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_detection_batches_model", "model_name", "model_version"),
+    sa.Index("ix_detection_batches_scored_at", "scored_at"),
+)
+
 COLUMNS = [c.name for c in detection_results.columns]
 
 
+def summarised_rows() -> sa.Select:
+    """detection_results grouped per batch, in detection_batches' columns (it was built so)."""
+    t = detection_results
+    return sa.select(
+        t.c.batch_id,
+        sa.func.min(t.c.model_name).label("model_name"),
+        sa.func.min(t.c.model_version).label("model_version"),
+        sa.func.count().label("row_count"),
+        sa.func.coalesce(sa.func.sum(sa.cast(t.c.is_anomaly, sa.Integer)), 0).label(
+            "anomaly_count"
+        ),
+        sa.func.max(t.c.scored_at).label("scored_at"),
+    ).group_by(t.c.batch_id)
+
+
+def backfill_batches(engine: sa.Engine) -> int:
+    """Summarise the batches of a results DB written before detection_batches existed.
+
+    Runs when the summaries are empty but rows exist (an upgrade, or a restored older backup);
+    returns the number of batches summarised.
+    """
+    with engine.begin() as conn:
+        if conn.execute(sa.select(detection_batches.c.batch_id).limit(1)).first() is not None:
+            return 0
+        if conn.execute(sa.select(detection_results.c.batch_id).limit(1)).first() is None:
+            return 0
+        summary = summarised_rows().subquery()
+        conn.execute(
+            sa.insert(detection_batches).from_select(
+                [c.name for c in detection_batches.columns], sa.select(summary)
+            )
+        )
+        return int(conn.execute(sa.select(sa.func.count()).select_from(detection_batches)).scalar())
+
+
 def results_engine(url: str) -> sa.Engine:
-    """An engine on the results DB with the table created if missing."""
+    """An engine on the results DB with the tables created (and summaries backfilled) if missing."""
     engine = sa.create_engine(url, pool_pre_ping=True)
     metadata.create_all(engine, checkfirst=True)
+    backfill_batches(engine)
     return engine
 
 
@@ -64,10 +118,11 @@ def replace_batch(
     `chunks` are frames with a `row_index`, `score` and `is_anomaly` column; they are consumed
     inside the transaction, so chunked scoring streams straight into the table.
     """
-    written = 0
+    written = anomalies = 0
     postgres = engine.dialect.name == "postgresql"
     with engine.begin() as conn:
         conn.execute(sa.delete(detection_results).where(detection_results.c.batch_id == batch_id))
+        conn.execute(sa.delete(detection_batches).where(detection_batches.c.batch_id == batch_id))
         for chunk in chunks:
             frame = chunk.assign(
                 batch_id=batch_id,
@@ -80,6 +135,17 @@ def replace_batch(
             else:
                 conn.execute(sa.insert(detection_results), frame[COLUMNS].to_dict("records"))
             written += len(frame)
+            anomalies += int(frame["is_anomaly"].astype(bool).sum())
+        conn.execute(
+            sa.insert(detection_batches).values(
+                batch_id=batch_id,
+                model_name=model_name,
+                model_version=int(model_version),
+                row_count=written,
+                anomaly_count=anomalies,
+                scored_at=scored_at,
+            )
+        )
     return written
 
 

@@ -45,8 +45,7 @@ def split_labels(
     bad = ~labels.isin([0, 1])
     if bad.any():
         raise InputError(
-            f"{where}: label column {label_column!r} must hold 0 or 1, "
-            f"found {labels[bad].iloc[0]}"
+            f"{where}: label column {label_column!r} must hold 0 or 1, found {labels[bad].iloc[0]}"
         )
     y = labels.astype(int)
     if y.nunique() < 2 or y.sum() < 2:

@@ -48,7 +48,11 @@ def test_results_on_postgres_use_copy_and_replace_batches(pg_url: str, driver: s
     assert batch_counts(engine, "b") == (30_000, 7_500)
     with engine.connect() as conn:
         stored = conn.execute(sa.text("SELECT scored_at FROM detection_results LIMIT 1")).scalar()
+        summary = conn.execute(
+            sa.text("SELECT batch_id, row_count, anomaly_count FROM detection_batches")
+        ).all()
     assert stored.tzinfo is not None
+    assert [tuple(r) for r in summary] == [("b", 30_000, 7_500)]
     engine.dispose()
 
 

@@ -147,6 +147,28 @@ def test_metric_values(state) -> None:
     assert len(durations) == 3 and all(d >= 0 for d in durations)
 
 
+def test_results_db_from_before_the_batch_summaries(state) -> None:
+    """An older results DB has no detection_batches: read on the fly, then backfilled once."""
+    import sqlalchemy as sa
+
+    from tasks.results import backfill_batches
+
+    def values() -> dict:
+        return {k: v for k, v in _scrape(state).items() if "scrape_duration" not in k[0]}
+
+    expected = values()
+    engine = sa.create_engine(state.results_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE detection_batches"))
+    assert values() == expected
+    results_engine(state.results_url).dispose()  # creates the table and backfills it
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM detection_batches")).scalar() == 3
+    assert values() == expected
+    assert backfill_batches(engine) == 0  # once only
+    engine.dispose()
+
+
 def test_failed_source_keeps_the_others(state, monkeypatch: pytest.MonkeyPatch) -> None:
     """An unreachable results DB drops only its own metrics and counts the error per scrape."""
     sources = Sources.from_settings(state)

@@ -11,7 +11,13 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from tasks.results import batch_counts, detection_results, replace_batch, results_engine
+from tasks.results import (
+    batch_counts,
+    detection_batches,
+    detection_results,
+    replace_batch,
+    results_engine,
+)
 
 
 def chunks(n: int, size: int, anomaly_every: int = 10) -> Iterator[pd.DataFrame]:
@@ -53,6 +59,17 @@ def test_rescoring_a_batch_replaces_its_rows(engine: sa.Engine) -> None:
         ).scalars()
         assert list(versions) == [2]
     assert batch_counts(engine, "b2") == (40, 4)
+    assert summaries(engine) == {"b1": ("m", 2, 250, 25), "b2": ("m", 1, 40, 4)}
+
+
+def summaries(engine: sa.Engine) -> dict[str, tuple]:
+    """detection_batches as {batch: (model, version, rows, anomalies)}."""
+    b = detection_batches
+    query = sa.select(
+        b.c.batch_id, b.c.model_name, b.c.model_version, b.c.row_count, b.c.anomaly_count
+    )
+    with engine.connect() as conn:
+        return {row[0]: tuple(row[1:]) for row in conn.execute(query)}
 
 
 def test_failure_midway_keeps_the_previous_rows(engine: sa.Engine) -> None:
@@ -65,6 +82,7 @@ def test_failure_midway_keeps_the_previous_rows(engine: sa.Engine) -> None:
     with pytest.raises(RuntimeError, match="scoring crashed"):
         write(engine, "b1", failing(), version=2)
     assert batch_counts(engine, "b1") == (100, 10)
+    assert summaries(engine) == {"b1": ("m", 1, 100, 10)}
 
 
 def test_table_has_model_and_time_indexes(engine: sa.Engine) -> None:
