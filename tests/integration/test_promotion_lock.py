@@ -1,4 +1,6 @@
-"""Two processes promoting at once leave exactly one new champion (file lock and PG advisory lock).
+"""Two processes promoting at once leave exactly one new champion, under each kind of lock: a file
+lock (embedded SQLite), a PostgreSQL advisory lock, and a Prefect global concurrency limit (MLflow
+tracking server).
 
 Each process was told the champion is v1 when its challenger was judged; the lock serialises
 them, and inside it the second sees the champion has changed and refuses.
@@ -116,3 +118,27 @@ def test_two_processes_on_postgresql(pg_url: str, tmp_path: Path) -> None:
     assert lock_kind(pg_url) == "postgres"
     register_versions(pg_url, tmp_path / "artifacts", 3)
     check_one_winner(pg_url, race(pg_url, tmp_path))
+
+
+@pytest.mark.integration
+def test_two_processes_through_prefect_global_concurrency(
+    mlflow_server: str, prefect_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An MLflow tracking server has no lock of its own: the Prefect server's limit serialises."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from registry.promotion import lock_kind
+
+    # Spawned workers read the Prefect server from their environment, as flow runs do.
+    monkeypatch.setenv("PREFECT_API_URL", prefect_server)
+    assert lock_kind(mlflow_server) == "prefect"
+    register_versions(mlflow_server, tmp_path / "artifacts", 3)
+    check_one_winner(mlflow_server, race(mlflow_server, tmp_path))
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server}):
+        with get_client(sync_client=True) as prefect_client:
+            limit = prefect_client.read_global_concurrency_limit_by_name(
+                f"pynomaly-promote-{MODEL}"
+            )
+    # Both promotions went through the limit, and it is free again afterwards.
+    assert limit.limit == 1 and limit.active_slots == 0
