@@ -1,0 +1,123 @@
+"""Drift on a server, end to end: check_drift emits `pynomaly.drift.detected`, the automation that
+`pynomaly deploy` registered runs the retrain deployment for that model, a process worker
+executes it, and a drift-triggered challenger appears in the MLflow registry."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from deployments import deploy, services
+
+pytestmark = pytest.mark.integration
+
+TEST_ACCESS_KEY = "testing"
+TEST_SECRET_KEY = "testing"
+RUN_TIMEOUT_S = 600
+FEATURES = ["a", "b", "c", "d"]
+
+
+def write_frame(path: Path, seed: int, n: int, shift: float = 0.0) -> str:
+    """Normal rows around 0 with ~8 % far-out anomalies, every row moved by `shift`."""
+    rng = np.random.default_rng(seed)
+    far = (rng.random(n) < 0.08)[:, None] * rng.choice([-4.0, 4.0], (n, 1))
+    frame = pd.DataFrame(rng.normal(size=(n, len(FEATURES))) + far + shift, columns=FEATURES)
+    frame.to_csv(path, index=False)
+    return str(path)
+
+
+def drift_retrain_runs(client, deployment_id) -> list:
+    """Runs of the retrain deployment started by a drift event (not its weekly schedule)."""
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    runs = client.read_flow_runs(
+        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+    )
+    return [r for r in runs if r.parameters.get("trigger") == "drift"]
+
+
+def test_drift_event_runs_the_retrain_deployment(
+    prefect_server: str,
+    mlflow_server: str,
+    pg_url: str,
+    s3_endpoint: str,
+    s3_bucket: str,
+    services_root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import mlflow
+    from prefect import get_client
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.worker import EventsWorker
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from deployments.settings import get_settings
+    from flows.check_drift import check_drift
+    from flows.train_detector import train_detector
+
+    work = services_root / f"drift-{uuid.uuid4().hex[:8]}"
+    work.mkdir(parents=True)
+    model = f"drift-{uuid.uuid4().hex[:8]}"
+    platform_env = {
+        "PYNOMALY_HOME": str(work / "home"),
+        "PYNOMALY_TRACKING_URI": mlflow_server,
+        "PYNOMALY_RESULTS_DB_URL": pg_url,
+        "PYNOMALY_ARTIFACT_ROOT": f"s3://{s3_bucket}/artifacts",
+        "PYNOMALY_S3_ENDPOINT_URL": s3_endpoint,
+        "AWS_ACCESS_KEY_ID": TEST_ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": TEST_SECRET_KEY,
+        "AWS_DEFAULT_REGION": services.TEST_REGION,
+    }
+    for key, value in {**platform_env, "PYNOMALY_MODEL": model}.items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    train = write_frame(work / "train.csv", 0, 400)
+    shifted = write_frame(work / "shifted.csv", 2, 250, shift=2.5)
+
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server}):
+        deployed = deploy.register(names=[deploy.RETRAIN_DEPLOYMENT])
+        assert deployed["automation"]["name"] == deploy.AUTOMATION_NAME
+        retrain_id = deployed["deployments"][0]["id"]
+
+        assert train_detector(train, model, detector="iforest")["version"] == 1
+        worker = services.start_prefect_worker(
+            work, prefect_server, deploy.WORK_POOL, extra_env=platform_env, query_seconds=2
+        )
+        try:
+            started = time.monotonic()
+            result = check_drift(shifted, model, trigger="event")
+            EventsWorker.drain_all(timeout=30)  # a flow run's process drains it at exit
+            assert result["drift_detected"], result
+            assert result["retrain"] == {"status": "event emitted", "event": deploy.DRIFT_EVENT}
+
+            # The automation creates a run of the retrain deployment; the worker executes it.
+            with get_client(sync_client=True) as client:
+                runs: list = []
+                while time.monotonic() - started < RUN_TIMEOUT_S:
+                    runs = drift_retrain_runs(client, retrain_id)
+                    if runs and all(r.state and r.state.is_final() for r in runs):
+                        break
+                    time.sleep(2)
+            seconds = time.monotonic() - started
+        finally:
+            worker.stop()
+
+    # Exactly one retrain, for the model named in the event, marked as drift-triggered
+    assert len(runs) == 1, [(r.name, r.state) for r in runs]
+    (run,) = runs
+    assert run.state is not None and run.state.type == StateType.COMPLETED, (
+        f"retrain run ended {run.state!r} after {seconds:.0f} s; worker log:\n"
+        f"{services.log_tail(worker.log_path, 60)}"
+    )
+    assert run.parameters == {"model": model, "trigger": "drift"}
+    print(f"drift event -> completed retrain in {seconds:.1f} s")
+
+    client = mlflow.MlflowClient(tracking_uri=mlflow_server)
+    challenger = client.get_model_version(model, "2")
+    assert challenger.tags["retrain_trigger"] == "drift"
+    assert "gate.decision" in challenger.tags
