@@ -171,9 +171,28 @@ def _get_status(url: str, auth: tuple[str, str] | None = None) -> int:
         return err.code
 
 
-def test_services_cli_up_status_down() -> None:
+TRIGGER = """
+import json, sys, time
+from prefect.deployments import run_deployment
+started = time.monotonic()
+run = run_deployment("pipeline/pipeline", parameters=json.loads(sys.argv[1]), timeout=600,
+                     poll_interval=2)
+print(json.dumps({"state": run.state.type.value, "seconds": round(time.monotonic() - started, 1),
+                  "work_pool": run.work_pool_name}))
+"""
+
+
+def test_services_up_deploy_trigger_browse_down() -> None:
+    """Issue 6's whole path as a user runs it, each step a separate process: services up, status,
+    deploy, a triggered pipeline deployment (what the UI's Run button does) run by the worker
+    that `up` started, both UIs checked in headless Chromium, services down."""
+    import shlex
     import shutil
     import tempfile
+
+    import mlflow
+
+    from deployments.demo import LABEL, build_demo_files
 
     root = Path(tempfile.mkdtemp(prefix="pynomaly-cli-", dir="/tmp"))
     root.chmod(0o711)  # the `postgres` user must be able to enter it
@@ -220,6 +239,75 @@ def test_services_cli_up_status_down() -> None:
         assert _get_status(f"{prefect_url}/work_pools/pynomaly-process") == 401
         prefect_login = tuple(client["PREFECT_API_AUTH_STRING"].split(":", 1))
         assert _get_status(f"{prefect_url}/work_pools/pynomaly-process", prefect_login) == 200
+
+        # Deploy and trigger with the settings `source pynomaly.env` gives a shell
+        user_env = {
+            **env,
+            **{
+                k: shlex.split(v)[0] if v else ""
+                for k, v in client.items()
+                if k != "PYNOMALY_HOME"  # the worker's own home, as `up` set it
+            },
+        }
+        deployed = subprocess.run(
+            [sys.executable, "-m", "deployments.cli", "deploy", "--name", "pipeline", "--json"],
+            env=user_env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+        assert [d["name"] for d in json.loads(deployed.stdout)["deployments"]] == [
+            "pipeline/pipeline"
+        ]
+        files = build_demo_files(root / "demo")
+        model = "services-demo"
+        parameters = {
+            "source": str(files["train"]),
+            "model": model,
+            "score_source": str(files["batch"]),
+            "label_column": LABEL,
+            "time_budget_s": 5.0,
+        }
+        triggered = subprocess.run(
+            [sys.executable, "-c", TRIGGER, json.dumps(parameters)],
+            env=user_env,
+            capture_output=True,
+            text=True,
+            timeout=700,
+        )
+        assert triggered.returncode == 0, triggered.stdout + triggered.stderr
+        run = json.loads(triggered.stdout.strip().splitlines()[-1])
+        assert run["state"] == "COMPLETED" and run["work_pool"] == "pynomaly-process", run
+        print(f"triggered pipeline deployment completed in {run['seconds']} s")
+        mlflow_client = mlflow.MlflowClient(tracking_uri=mlflow_url)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("MLFLOW_TRACKING_USERNAME", client["MLFLOW_TRACKING_USERNAME"])
+            mp.setenv("MLFLOW_TRACKING_PASSWORD", client["MLFLOW_TRACKING_PASSWORD"])
+            assert mlflow_client.get_model_version_by_alias(model, "champion").version == "1"
+
+        # Both UIs in headless Chromium: the deployments, the model with its champion alias
+        shots = root / "shots"
+        browsed = subprocess.run(
+            [
+                sys.executable,
+                str(Path(__file__).resolve().parents[2] / "scripts" / "browser_check.py"),
+                "--env-file",
+                str(folder / "pynomaly.env"),
+                "--model",
+                model,
+                "--out",
+                str(shots),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert browsed.returncode == 0, browsed.stdout + browsed.stderr
+        checks = json.loads(browsed.stdout)["checks"]
+        for check in checks.values():
+            assert Path(check["screenshot"]).stat().st_size > 10_000, check
 
         pids = {n: health["services"][n]["pid"] for n in names}
         down = _cli(["down", "--dir", str(folder), "--json"], env)
