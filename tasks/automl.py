@@ -565,6 +565,10 @@ def fit_best_detector(
     import optuna
 
     started = time.time()
+    if not time_budget_s > 0:
+        raise InputError(f"time budget must be a positive number of seconds, got {time_budget_s}")
+    if n_trials is not None and n_trials < 1:
+        raise InputError(f"number of trials must be at least 1, got {n_trials}")
     # Failed trials are on the leaderboard (state FAIL); their tracebacks would flood the log.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     frame = _as_frame(X).reset_index(drop=True)

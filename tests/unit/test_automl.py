@@ -181,3 +181,14 @@ def test_benchmark_never_passes_test_labels_to_the_search(monkeypatch: pytest.Mo
         assert rows is x_train  # only the train part is searched
         assert labels is None or labels is y_train
     assert len(x_train) + len(x_test) == 1000  # resampled to ADBench's minimum
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"time_budget_s": -5}, "time budget must be a positive"), ({"n_trials": 0}, "trials")],
+)
+def test_bad_budget_or_trials_is_an_input_error(data: tuple, kwargs: dict, message: str) -> None:
+    from data_checks.errors import InputError
+
+    with pytest.raises(InputError, match=message):
+        fit_best_detector(data[0], **kwargs)
