@@ -53,6 +53,7 @@ def test_drift_event_runs_the_retrain_deployment(
     import mlflow
     from prefect import get_client
     from prefect.client.schemas.objects import StateType
+    from prefect.events.clients import PrefectEventsClient
     from prefect.events.worker import EventsWorker
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -90,8 +91,15 @@ def test_drift_event_runs_the_retrain_deployment(
         )
         try:
             started = time.monotonic()
-            result = check_drift(shifted, model, trigger="event")
-            EventsWorker.drain_all(timeout=30)  # a flow run's process drains it at exit
+            # One process, one API in production; this test session also ran flows on the
+            # harness's server, and Prefect's events worker is a process-wide singleton bound
+            # to the API of its first use: point a separate one at this server.
+            EventsWorker.set_client_override(PrefectEventsClient, api_url=prefect_server)
+            try:
+                result = check_drift(shifted, model, trigger="event")
+                EventsWorker.drain_all(timeout=30)  # a flow run's process drains it at exit
+            finally:
+                EventsWorker.set_client_override(None)
             assert result["drift_detected"], result
             assert result["retrain"] == {"status": "event emitted", "event": deploy.DRIFT_EVENT}
 
