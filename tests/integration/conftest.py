@@ -97,3 +97,22 @@ def prefect_server(services_root: Path, pg_server: services.PostgresServer) -> I
     )
     yield server.url
     server.stop()
+
+
+@pytest.fixture
+def production_env(mlflow_server: str, pg_url: str, s3_endpoint: str, s3_bucket: str):
+    """`env(home)`: the PYNOMALY_*/AWS_* settings a worker or flow needs to use these services."""
+
+    def env(home: Path) -> dict[str, str]:
+        return {
+            "PYNOMALY_HOME": str(home),
+            "PYNOMALY_TRACKING_URI": mlflow_server,
+            "PYNOMALY_RESULTS_DB_URL": pg_url,
+            "PYNOMALY_ARTIFACT_ROOT": f"s3://{s3_bucket}/artifacts",
+            "PYNOMALY_S3_ENDPOINT_URL": s3_endpoint,
+            "AWS_ACCESS_KEY_ID": TEST_ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": TEST_SECRET_KEY,
+            "AWS_DEFAULT_REGION": services.TEST_REGION,
+        }
+
+    return env

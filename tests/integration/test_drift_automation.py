@@ -16,8 +16,6 @@ from deployments import deploy, services
 
 pytestmark = pytest.mark.integration
 
-TEST_ACCESS_KEY = "testing"
-TEST_SECRET_KEY = "testing"
 RUN_TIMEOUT_S = 600
 FEATURES = ["a", "b", "c", "d"]
 
@@ -45,10 +43,9 @@ def test_drift_event_runs_the_retrain_deployment(
     prefect_server: str,
     mlflow_server: str,
     pg_url: str,
-    s3_endpoint: str,
-    s3_bucket: str,
     services_root: Path,
     monkeypatch: pytest.MonkeyPatch,
+    production_env,
 ) -> None:
     import mlflow
     from prefect import get_client
@@ -64,16 +61,7 @@ def test_drift_event_runs_the_retrain_deployment(
     work = services_root / f"drift-{uuid.uuid4().hex[:8]}"
     work.mkdir(parents=True)
     model = f"drift-{uuid.uuid4().hex[:8]}"
-    platform_env = {
-        "PYNOMALY_HOME": str(work / "home"),
-        "PYNOMALY_TRACKING_URI": mlflow_server,
-        "PYNOMALY_RESULTS_DB_URL": pg_url,
-        "PYNOMALY_ARTIFACT_ROOT": f"s3://{s3_bucket}/artifacts",
-        "PYNOMALY_S3_ENDPOINT_URL": s3_endpoint,
-        "AWS_ACCESS_KEY_ID": TEST_ACCESS_KEY,
-        "AWS_SECRET_ACCESS_KEY": TEST_SECRET_KEY,
-        "AWS_DEFAULT_REGION": services.TEST_REGION,
-    }
+    platform_env = production_env(work / "home")
     for key, value in {**platform_env, "PYNOMALY_MODEL": model}.items():
         monkeypatch.setenv(key, value)
     get_settings.cache_clear()

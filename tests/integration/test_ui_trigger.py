@@ -14,8 +14,6 @@ from deployments import deploy, services
 
 pytestmark = pytest.mark.integration
 
-TEST_ACCESS_KEY = "testing"
-TEST_SECRET_KEY = "testing"
 RUN_TIMEOUT_S = 600
 
 
@@ -23,9 +21,8 @@ def test_triggered_pipeline_run_registers_and_scores(
     prefect_server: str,
     mlflow_server: str,
     pg_url: str,
-    s3_endpoint: str,
-    s3_bucket: str,
     services_root: Path,
+    production_env,
 ) -> None:
     import mlflow
     import sqlalchemy as sa
@@ -52,16 +49,7 @@ def test_triggered_pipeline_run_registers_and_scores(
             work,
             prefect_server,
             deploy.WORK_POOL,
-            extra_env={
-                "PYNOMALY_HOME": str(work / "home"),
-                "PYNOMALY_TRACKING_URI": mlflow_server,
-                "PYNOMALY_RESULTS_DB_URL": pg_url,
-                "PYNOMALY_ARTIFACT_ROOT": f"s3://{s3_bucket}/artifacts",
-                "PYNOMALY_S3_ENDPOINT_URL": s3_endpoint,
-                "AWS_ACCESS_KEY_ID": TEST_ACCESS_KEY,
-                "AWS_SECRET_ACCESS_KEY": TEST_SECRET_KEY,
-                "AWS_DEFAULT_REGION": services.TEST_REGION,
-            },
+            extra_env=production_env(work / "home"),
             query_seconds=2,
         )
         try:
