@@ -231,7 +231,8 @@ def score(
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Score a batch into detection_results (re-scoring a batch id replaces its rows)."""
+    """Score a batch into detection_results (re-scoring a batch id with the same model version
+    replaces that version's rows; other models' and versions' rows of the batch stay)."""
 
     def work() -> dict[str, Any]:
         from flows.score_batch import score_batch
@@ -242,7 +243,9 @@ def score(
 
     result = run(work, as_json=as_json, debug=debug, status="Scoring…", sources=(source,))
     if not as_json:
-        show(f"Scored batch {result['batch_id']}", result)
+        show(
+            f"Scored batch {result['batch_id']} with {result['model']} v{result['version']}", result
+        )
 
 
 @app.command()
@@ -306,7 +309,7 @@ def demo(
         from deployments.demo import LABEL, build_demo_files
         from deployments.settings import get_settings
         from flows.run_pipeline import pipeline as pipeline_flow
-        from tasks.results import detection_results, results_engine
+        from tasks.results import read_batch, results_engine
 
         settings = get_settings()
         files = build_demo_files(settings.home_dir / "demo")
@@ -318,11 +321,14 @@ def demo(
             detector=detector,
         )
         # Judge the scored batch with the labels kept aside, read back from the results DB.
+        # Only this version's rows: a second demo run scores the same batch with version 2.
         engine = results_engine(settings.results_url)
-        scored = pd.read_sql(
-            detection_results.select().where(detection_results.c.batch_id == result["batch_id"]),
+        scored = read_batch(
             engine,
-        ).sort_values("row_index")
+            result["batch_id"],
+            model_name=result["model"],
+            model_version=result["version"],
+        )
         engine.dispose()
         truth = pd.read_csv(files["batch_labels"]).set_index("row_index")[LABEL]
         y = truth.loc[scored["row_index"]].to_numpy()

@@ -1,8 +1,11 @@
-"""The results database: `detection_results`, written idempotently per batch id.
+"""The results database: `detection_results`, written idempotently per batch and model version.
 
-Beside the rows, `detection_batches` keeps one summary row per batch (model, version, row and
-anomaly counts, scored_at), written in the same transaction. Monitoring reads the summaries, so
-a metrics scrape costs one row per batch, not a scan of every scored row.
+Rows are keyed by (batch_id, model_name, model_version, row_index): scoring a batch replaces only
+that model version's rows, so a champion and a challenger scored on the same batch both keep
+theirs. Beside the rows, `detection_batches` keeps one summary row per batch and model version
+(row and anomaly counts, scored_at), written in the same transaction. Monitoring reads the
+summaries, so a metrics scrape costs one row per batch, not a scan of every scored row.
+A results DB written before this key (batch_id, row_index) is migrated in place when opened.
 """
 
 from __future__ import annotations
@@ -20,13 +23,17 @@ metadata = sa.MetaData()
 detection_results = sa.Table(
     "detection_results",
     metadata,
-    sa.Column("batch_id", sa.String(128), primary_key=True),
-    sa.Column("row_index", sa.BigInteger, primary_key=True),
+    sa.Column("batch_id", sa.String(128), nullable=False),
+    sa.Column("row_index", sa.BigInteger, nullable=False),
     sa.Column("score", sa.Float, nullable=False),
     sa.Column("is_anomaly", sa.Boolean, nullable=False),
     sa.Column("model_name", sa.String(200), nullable=False),
     sa.Column("model_version", sa.Integer, nullable=False),
     sa.Column("scored_at", sa.DateTime(timezone=True), nullable=False),
+    # The model version is part of the key: no scoring by one version touches another's rows.
+    sa.PrimaryKeyConstraint(
+        "batch_id", "model_name", "model_version", "row_index", name="detection_results_pkey"
+    ),
     sa.Index("ix_detection_results_model", "model_name", "model_version"),
     sa.Index("ix_detection_results_scored_at", "scored_at"),
 )
@@ -34,12 +41,15 @@ detection_results = sa.Table(
 detection_batches = sa.Table(
     "detection_batches",
     metadata,
-    sa.Column("batch_id", sa.String(128), primary_key=True),
+    sa.Column("batch_id", sa.String(128), nullable=False),
     sa.Column("model_name", sa.String(200), nullable=False),
     sa.Column("model_version", sa.Integer, nullable=False),
     sa.Column("row_count", sa.BigInteger, nullable=False),
     sa.Column("anomaly_count", sa.BigInteger, nullable=False),
     sa.Column("scored_at", sa.DateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint(
+        "batch_id", "model_name", "model_version", name="detection_batches_pkey"
+    ),
     sa.Index("ix_detection_batches_model", "model_name", "model_version"),
     sa.Index("ix_detection_batches_scored_at", "scored_at"),
 )
@@ -48,18 +58,18 @@ COLUMNS = [c.name for c in detection_results.columns]
 
 
 def summarised_rows() -> sa.Select:
-    """detection_results grouped per batch, in detection_batches' columns (it was built so)."""
+    """detection_results grouped per batch and model version, in detection_batches' columns."""
     t = detection_results
     return sa.select(
         t.c.batch_id,
-        sa.func.min(t.c.model_name).label("model_name"),
-        sa.func.min(t.c.model_version).label("model_version"),
+        t.c.model_name,
+        t.c.model_version,
         sa.func.count().label("row_count"),
         sa.func.coalesce(sa.func.sum(sa.cast(t.c.is_anomaly, sa.Integer)), 0).label(
             "anomaly_count"
         ),
         sa.func.max(t.c.scored_at).label("scored_at"),
-    ).group_by(t.c.batch_id)
+    ).group_by(t.c.batch_id, t.c.model_name, t.c.model_version)
 
 
 def backfill_batches(engine: sa.Engine) -> int:
@@ -82,10 +92,99 @@ def backfill_batches(engine: sa.Engine) -> int:
         return int(conn.execute(sa.select(sa.func.count()).select_from(detection_batches)).scalar())
 
 
+# Migration of results DBs keyed by batch_id alone ----------------------------------------------
+
+
+def _key(table: sa.Table) -> list[str]:
+    return [c.name for c in table.primary_key.columns]
+
+
+def outdated_tables(conn: sa.Connection) -> list[sa.Table]:
+    """The result tables whose stored primary key is not this module's (e.g. batch_id only)."""
+    inspector = sa.inspect(conn)
+    return [
+        t
+        for t in (detection_results, detection_batches)
+        if inspector.has_table(t.name)
+        and inspector.get_pk_constraint(t.name)["constrained_columns"] != _key(t)
+    ]
+
+
+def _rebuild_sqlite_table(conn: sa.Connection, table: sa.Table) -> None:
+    """SQLite cannot alter a primary key: copy into a new table, swap names, rebuild indexes."""
+    quote = conn.dialect.identifier_preparer.quote
+    new = table.to_metadata(sa.MetaData(), name=f"{table.name}_migrating")
+    new.indexes.clear()  # index names are global in SQLite: they are made after the swap
+    before = conn.execute(sa.select(sa.func.count()).select_from(table)).scalar()
+    new.create(conn)
+    names = [c.name for c in table.columns]
+    conn.execute(sa.insert(new).from_select(names, sa.select(*[table.c[n] for n in names])))
+    copied = conn.execute(sa.select(sa.func.count()).select_from(new)).scalar()
+    if copied != before:
+        raise RuntimeError(f"migrating {table.name}: copied {copied} of {before} rows")
+    conn.exec_driver_sql(f"DROP TABLE {quote(table.name)}")
+    conn.exec_driver_sql(f"ALTER TABLE {quote(new.name)} RENAME TO {quote(table.name)}")
+    for index in table.indexes:
+        index.create(conn)
+
+
+def _alter_postgres_key(conn: sa.Connection, table: sa.Table) -> None:
+    """Swap the primary key in place (the rows stay where they are)."""
+    quote = conn.dialect.identifier_preparer.quote
+    old = sa.inspect(conn).get_pk_constraint(table.name)["name"]
+    if old:
+        conn.exec_driver_sql(f"ALTER TABLE {quote(table.name)} DROP CONSTRAINT {quote(old)}")
+    columns = ", ".join(quote(n) for n in _key(table))
+    conn.exec_driver_sql(
+        f"ALTER TABLE {quote(table.name)} ADD CONSTRAINT "
+        f"{quote(table.primary_key.name)} PRIMARY KEY ({columns})"
+    )
+
+
+def migrate_results_key(engine: sa.Engine) -> list[str]:
+    """Re-key result tables of an older DB by model version too, in place, in one transaction.
+
+    Idempotent (an up-to-date DB costs one catalog read) and safe against a concurrent opener:
+    the check is repeated under the write lock. Every row is kept. Returns the tables migrated.
+    """
+    with engine.connect() as conn:
+        if not outdated_tables(conn):
+            return []
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as conn:
+            # pysqlite does not put DDL in a transaction by itself: BEGIN explicitly.
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            try:
+                tables = outdated_tables(conn)
+                for table in tables:
+                    _rebuild_sqlite_table(conn, table)
+            except BaseException:
+                conn.exec_driver_sql("ROLLBACK")
+                raise
+            conn.exec_driver_sql("COMMIT")
+        return [t.name for t in tables]
+    if engine.dialect.name != "postgresql":
+        raise RuntimeError(
+            f"results DB on {engine.dialect.name}: only SQLite and PostgreSQL can be migrated"
+        )
+    with engine.begin() as conn:
+        names = ", ".join(
+            conn.dialect.identifier_preparer.quote(t.name) for t in outdated_tables(conn)
+        )
+        conn.exec_driver_sql(f"LOCK TABLE {names} IN ACCESS EXCLUSIVE MODE")
+        tables = outdated_tables(conn)
+        for table in tables:
+            _alter_postgres_key(conn, table)
+    return [t.name for t in tables]
+
+
 def results_engine(url: str) -> sa.Engine:
-    """An engine on the results DB with the tables created (and summaries backfilled) if missing."""
+    """An engine on the results DB: tables created if missing, an older DB migrated in place,
+    summaries backfilled."""
     engine = sa.create_engine(url, pool_pre_ping=True)
     metadata.create_all(engine, checkfirst=True)
+    migrate_results_key(engine)
     backfill_batches(engine)
     return engine
 
@@ -113,7 +212,8 @@ def replace_batch(
     model_version: int,
     scored_at: datetime,
 ) -> int:
-    """Replace every row of a batch in one transaction; a failure leaves the old rows intact.
+    """Replace one model version's rows of a batch in one transaction; a failure leaves the old
+    rows intact, and other models' or versions' rows of the batch are never touched.
 
     `chunks` are frames with a `row_index`, `score` and `is_anomaly` column; they are consumed
     inside the transaction, so chunked scoring streams straight into the table.
@@ -121,8 +221,8 @@ def replace_batch(
     written = anomalies = 0
     postgres = engine.dialect.name == "postgresql"
     with engine.begin() as conn:
-        conn.execute(sa.delete(detection_results).where(detection_results.c.batch_id == batch_id))
-        conn.execute(sa.delete(detection_batches).where(detection_batches.c.batch_id == batch_id))
+        for table in (detection_results, detection_batches):
+            conn.execute(sa.delete(table).where(_of(table, batch_id, model_name, model_version)))
         for chunk in chunks:
             frame = chunk.assign(
                 batch_id=batch_id,
@@ -149,14 +249,34 @@ def replace_batch(
     return written
 
 
-def batch_counts(engine: sa.Engine, batch_id: str) -> tuple[int, int]:
-    """(rows, anomalies) stored for a batch."""
+def _of(table: sa.Table, batch_id: str, model_name: str, model_version: int) -> sa.ColumnElement:
+    return sa.and_(
+        table.c.batch_id == batch_id,
+        table.c.model_name == model_name,
+        table.c.model_version == int(model_version),
+    )
+
+
+def batch_counts(
+    engine: sa.Engine, batch_id: str, *, model_name: str, model_version: int
+) -> tuple[int, int]:
+    """(rows, anomalies) one model version stored for a batch."""
     t = detection_results
     with engine.connect() as conn:
         rows, anomalies = conn.execute(
             sa.select(
                 sa.func.count(),
                 sa.func.coalesce(sa.func.sum(sa.cast(t.c.is_anomaly, sa.Integer)), 0),
-            ).where(t.c.batch_id == batch_id)
+            ).where(_of(t, batch_id, model_name, model_version))
         ).one()
     return int(rows), int(anomalies)
+
+
+def read_batch(
+    engine: sa.Engine, batch_id: str, *, model_name: str, model_version: int
+) -> pd.DataFrame:
+    """One model version's scored rows of a batch, in row order."""
+    t = detection_results
+    query = t.select().where(_of(t, batch_id, model_name, model_version)).order_by(t.c.row_index)
+    with engine.connect() as conn:
+        return pd.read_sql(query, conn)

@@ -149,7 +149,8 @@ def score_into_results(
     batch_id: str,
     chunk_rows: int,
 ) -> dict[str, Any]:
-    """Score a snapshot with one model version into detection_results, replacing the batch."""
+    """Score a snapshot with one model version into detection_results, replacing that version's
+    rows of the batch (other models' and versions' rows of it stay)."""
     from tasks.results import batch_counts, replace_batch, results_engine
     from tasks.score import score_snapshot
 
@@ -163,7 +164,9 @@ def score_into_results(
             model_version=resolved.version,
             scored_at=datetime.now(UTC),
         )
-        stored, anomalies = batch_counts(engine, batch_id)
+        stored, anomalies = batch_counts(
+            engine, batch_id, model_name=resolved.name, model_version=resolved.version
+        )
     finally:
         engine.dispose()
     return {

@@ -1,4 +1,5 @@
-"""detection_results on SQLite: a batch id is replaced whole, never duplicated or half-written."""
+"""detection_results on SQLite: a batch is replaced whole per model version, never duplicated
+or half-written, and never touched by another model or version; older DBs migrate in place."""
 
 from __future__ import annotations
 
@@ -10,11 +11,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+from old_results import create_old_results_db, expected_summaries, primary_key, read_rows
 
 from tasks.results import (
     batch_counts,
     detection_batches,
     detection_results,
+    migrate_results_key,
+    read_batch,
     replace_batch,
     results_engine,
 )
@@ -28,15 +32,25 @@ def chunks(n: int, size: int, anomaly_every: int = 10) -> Iterator[pd.DataFrame]
         )
 
 
-def write(engine: sa.Engine, batch: str, frames: Iterator[pd.DataFrame], version: int = 1) -> int:
+def write(
+    engine: sa.Engine,
+    batch: str,
+    frames: Iterator[pd.DataFrame],
+    version: int = 1,
+    model: str = "m",
+) -> int:
     return replace_batch(
         engine,
         batch,
         frames,
-        model_name="m",
+        model_name=model,
         model_version=version,
         scored_at=datetime.now(UTC),
     )
+
+
+def counts(engine: sa.Engine, batch: str, version: int = 1, model: str = "m") -> tuple[int, int]:
+    return batch_counts(engine, batch, model_name=model, model_version=version)
 
 
 @pytest.fixture
@@ -46,30 +60,55 @@ def engine(tmp_path: Path) -> Iterator[sa.Engine]:
     engine.dispose()
 
 
-def test_rescoring_a_batch_replaces_its_rows(engine: sa.Engine) -> None:
+def test_rescoring_a_batch_with_the_same_version_keeps_one_copy(engine: sa.Engine) -> None:
     assert write(engine, "b1", chunks(250, 100)) == 250
-    assert write(engine, "b1", chunks(250, 60), version=2) == 250
+    assert write(engine, "b1", chunks(250, 60, anomaly_every=5)) == 250
     assert write(engine, "b2", chunks(40, 100)) == 40
-    assert batch_counts(engine, "b1") == (250, 25)
+    assert counts(engine, "b1") == (250, 50)
+    assert counts(engine, "b2") == (40, 4)
+    assert stored_rows(engine) == 290
+    assert summaries(engine) == {("b1", "m", 1): (250, 50), ("b2", "m", 1): (40, 4)}
+
+
+def test_two_models_and_versions_scoring_one_batch_keep_all_rows(engine: sa.Engine) -> None:
+    """Champion and challenger on the same batch: before the model was part of the key, the
+    second scoring deleted the first one's rows and summary."""
+    assert write(engine, "b1", chunks(300, 100), model="m1") == 300
+    assert write(engine, "b1", chunks(300, 100, anomaly_every=3), model="m2") == 300
+    assert write(engine, "b1", chunks(120, 100, anomaly_every=4), model="m2", version=2) == 120
+    assert counts(engine, "b1", model="m1") == (300, 30)
+    assert counts(engine, "b1", model="m2") == (300, 100)
+    assert counts(engine, "b1", model="m2", version=2) == (120, 30)
+    assert stored_rows(engine) == 720
+    assert summaries(engine) == {
+        ("b1", "m1", 1): (300, 30),
+        ("b1", "m2", 1): (300, 100),
+        ("b1", "m2", 2): (120, 30),
+    }
+    # Re-scoring one version replaces only its own rows.
+    assert write(engine, "b1", chunks(50, 100), model="m2") == 50
+    assert counts(engine, "b1", model="m1") == (300, 30)
+    assert counts(engine, "b1", model="m2") == (50, 5)
+    assert counts(engine, "b1", model="m2", version=2) == (120, 30)
+    assert stored_rows(engine) == 470
+    rows = read_batch(engine, "b1", model_name="m2", model_version=2)
+    assert rows["row_index"].tolist() == list(range(120))
+    assert set(rows["model_version"]) == {2}
+
+
+def stored_rows(engine: sa.Engine) -> int:
     with engine.connect() as conn:
-        versions = conn.execute(
-            sa.select(detection_results.c.model_version)
-            .distinct()
-            .where(detection_results.c.batch_id == "b1")
-        ).scalars()
-        assert list(versions) == [2]
-    assert batch_counts(engine, "b2") == (40, 4)
-    assert summaries(engine) == {"b1": ("m", 2, 250, 25), "b2": ("m", 1, 40, 4)}
+        return conn.execute(sa.select(sa.func.count()).select_from(detection_results)).scalar()
 
 
-def summaries(engine: sa.Engine) -> dict[str, tuple]:
-    """detection_batches as {batch: (model, version, rows, anomalies)}."""
+def summaries(engine: sa.Engine) -> dict[tuple, tuple]:
+    """detection_batches as {(batch, model, version): (rows, anomalies)}."""
     b = detection_batches
     query = sa.select(
         b.c.batch_id, b.c.model_name, b.c.model_version, b.c.row_count, b.c.anomaly_count
     )
     with engine.connect() as conn:
-        return {row[0]: tuple(row[1:]) for row in conn.execute(query)}
+        return {tuple(row[:3]): tuple(row[3:]) for row in conn.execute(query)}
 
 
 def test_failure_midway_keeps_the_previous_rows(engine: sa.Engine) -> None:
@@ -80,11 +119,67 @@ def test_failure_midway_keeps_the_previous_rows(engine: sa.Engine) -> None:
         raise RuntimeError("scoring crashed")
 
     with pytest.raises(RuntimeError, match="scoring crashed"):
-        write(engine, "b1", failing(), version=2)
-    assert batch_counts(engine, "b1") == (100, 10)
-    assert summaries(engine) == {"b1": ("m", 1, 100, 10)}
+        write(engine, "b1", failing())
+    assert counts(engine, "b1") == (100, 10)
+    assert summaries(engine) == {("b1", "m", 1): (100, 10)}
 
 
 def test_table_has_model_and_time_indexes(engine: sa.Engine) -> None:
     names = {ix["name"] for ix in sa.inspect(engine).get_indexes("detection_results")}
     assert {"ix_detection_results_model", "ix_detection_results_scored_at"} <= names
+
+
+# Migration of a results DB keyed by batch_id alone -------------------------------------------
+
+
+@pytest.mark.parametrize("with_summaries", [True, False])
+def test_old_results_db_is_migrated_in_place_keeping_every_row(
+    tmp_path: Path, with_summaries: bool
+) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    written = create_old_results_db(url, with_summaries=with_summaries)
+    plain = sa.create_engine(url)
+    assert primary_key(plain, "detection_results") == ["batch_id", "row_index"]
+    plain.dispose()
+
+    engine = results_engine(url)
+    assert primary_key(engine, "detection_results") == [
+        "batch_id",
+        "model_name",
+        "model_version",
+        "row_index",
+    ]
+    assert primary_key(engine, "detection_batches") == ["batch_id", "model_name", "model_version"]
+    pd.testing.assert_frame_equal(read_rows(engine), written)
+    assert summaries(engine) == expected_summaries(written)
+    names = {ix["name"] for ix in sa.inspect(engine).get_indexes("detection_results")}
+    assert {"ix_detection_results_model", "ix_detection_results_scored_at"} <= names
+    assert sa.inspect(engine).get_table_names() == ["detection_batches", "detection_results"]
+    assert migrate_results_key(engine) == []  # idempotent
+
+    # The new key works: another model scores b1 beside m1's rows.
+    assert write(engine, "b1", chunks(300, 100), model="m3") == 300
+    assert counts(engine, "b1", model="m1") == expected_summaries(written)[("b1", "m1", 1)]
+    assert counts(engine, "b1", model="m3") == (300, 30)
+    assert stored_rows(engine) == len(written) + 300
+    engine.dispose()
+
+
+def test_failed_migration_leaves_the_old_db_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SQLite rebuild runs in one transaction: a failure at its last step undoes it all."""
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    written = create_old_results_db(url)
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(sa.Index, "create", fail)
+    engine = sa.create_engine(url)
+    with pytest.raises(RuntimeError, match="disk full"):
+        migrate_results_key(engine)
+    assert primary_key(engine, "detection_results") == ["batch_id", "row_index"]
+    assert sa.inspect(engine).get_table_names() == ["detection_batches", "detection_results"]
+    pd.testing.assert_frame_equal(read_rows(engine), written)
+    engine.dispose()
