@@ -37,7 +37,7 @@ def test_results_on_postgres_use_copy_and_replace_batches(pg_url: str, driver: s
     kwargs = {"model_name": "m", "model_version": 1, "scored_at": now}
     assert replace_batch(engine, "b", scored(30_000, 7_000), **kwargs) == 30_000
     assert replace_batch(engine, "b", scored(30_000, 10_000), **kwargs) == 30_000
-    assert batch_counts(engine, "b") == (30_000, 7_500)
+    assert batch_counts(engine, "b", model_name="m", model_version=1) == (30_000, 7_500)
 
     def failing() -> Iterator[pd.DataFrame]:
         yield from scored(100, 50)
@@ -45,7 +45,7 @@ def test_results_on_postgres_use_copy_and_replace_batches(pg_url: str, driver: s
 
     with pytest.raises(RuntimeError):
         replace_batch(engine, "b", failing(), **kwargs)
-    assert batch_counts(engine, "b") == (30_000, 7_500)
+    assert batch_counts(engine, "b", model_name="m", model_version=1) == (30_000, 7_500)
     with engine.connect() as conn:
         stored = conn.execute(sa.text("SELECT scored_at FROM detection_results LIMIT 1")).scalar()
         summary = conn.execute(

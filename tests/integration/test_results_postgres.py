@@ -1,0 +1,102 @@
+"""detection_results on PostgreSQL: per model version replacement through COPY, and the in-place
+migration of a results DB keyed by batch_id alone."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import numpy as np
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+from old_results import create_old_results_db, expected_summaries, primary_key, read_rows
+
+from tasks.results import (
+    batch_counts,
+    detection_batches,
+    migrate_results_key,
+    replace_batch,
+    results_engine,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def scored(n: int, anomaly_every: int) -> Iterator[pd.DataFrame]:
+    for start in range(0, n, 1_000):
+        idx = np.arange(start, min(n, start + 1_000))
+        yield pd.DataFrame(
+            {"row_index": idx, "score": idx * 0.5, "is_anomaly": idx % anomaly_every == 0}
+        )
+
+
+def write(engine: sa.Engine, batch: str, model: str, version: int, n: int, every: int) -> int:
+    return replace_batch(
+        engine,
+        batch,
+        scored(n, every),
+        model_name=model,
+        model_version=version,
+        scored_at=datetime.now(UTC),
+    )
+
+
+def summaries(engine: sa.Engine) -> dict[tuple, tuple]:
+    b = detection_batches
+    query = sa.select(
+        b.c.batch_id, b.c.model_name, b.c.model_version, b.c.row_count, b.c.anomaly_count
+    )
+    with engine.connect() as conn:
+        return {tuple(row[:3]): tuple(row[3:]) for row in conn.execute(query)}
+
+
+def total(engine: sa.Engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(sa.text("SELECT count(*) FROM detection_results")).scalar()
+
+
+def test_champion_and_challenger_on_one_batch_keep_both_on_postgres(pg_url: str) -> None:
+    # Plain postgresql:// (psycopg 3): rows go in through COPY.
+    engine = results_engine("postgresql" + pg_url[pg_url.index("://") :])
+    assert write(engine, "b", "fraud", 1, 3_000, 10) == 3_000
+    assert write(engine, "b", "fraud", 2, 2_500, 5) == 2_500
+    assert write(engine, "b", "other", 1, 300, 3) == 300
+    assert write(engine, "b", "fraud", 1, 3_000, 4) == 3_000  # re-scored: one copy
+    assert batch_counts(engine, "b", model_name="fraud", model_version=1) == (3_000, 750)
+    assert batch_counts(engine, "b", model_name="fraud", model_version=2) == (2_500, 500)
+    assert batch_counts(engine, "b", model_name="other", model_version=1) == (300, 100)
+    assert total(engine) == 5_800
+    assert summaries(engine) == {
+        ("b", "fraud", 1): (3_000, 750),
+        ("b", "fraud", 2): (2_500, 500),
+        ("b", "other", 1): (300, 100),
+    }
+    engine.dispose()
+
+
+def test_old_results_db_is_migrated_in_place_on_postgres(pg_url: str) -> None:
+    written = create_old_results_db(pg_url)
+    plain = sa.create_engine(pg_url)
+    assert primary_key(plain, "detection_results") == ["batch_id", "row_index"]
+    plain.dispose()
+
+    engine = results_engine(pg_url)
+    assert primary_key(engine, "detection_results") == [
+        "batch_id",
+        "model_name",
+        "model_version",
+        "row_index",
+    ]
+    assert primary_key(engine, "detection_batches") == ["batch_id", "model_name", "model_version"]
+    pd.testing.assert_frame_equal(read_rows(engine), written)
+    assert summaries(engine) == expected_summaries(written)
+    assert migrate_results_key(engine) == []  # idempotent
+
+    # The new key works: a challenger scores b1 beside m1's rows, through COPY.
+    assert write(engine, "b1", "m1", 9, 400, 8) == 400
+    m1 = expected_summaries(written)[("b1", "m1", 1)]
+    assert batch_counts(engine, "b1", model_name="m1", model_version=1) == m1
+    assert batch_counts(engine, "b1", model_name="m1", model_version=9) == (400, 50)
+    assert total(engine) == len(written) + 400
+    engine.dispose()
