@@ -35,6 +35,8 @@ DEFAULT_EXPECTED_SHARE = 0.05
 NUMERIC_TYPES = {"double", "float", "long", "integer"}
 # Below this many rows a label-free statistic says little; the gate notes it in the reasons.
 MIN_EVAL_ROWS = 30
+# Analyst feedback judges a challenger once the model's batches hold this many rows labelled 1.
+MIN_FEEDBACK_ANOMALIES = 5
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,25 @@ class Scorer:
     threshold: float | None
     kind: str
     convention: str
+
+
+@dataclass
+class FeedbackScores:
+    """Analyst labels (1 = anomaly) of scored rows with both models' scores on those rows."""
+
+    labels: np.ndarray
+    challenger: np.ndarray
+    champion: np.ndarray | None = None
+    left_out: int = 0  # labelled rows not judged on (trained on, or features not found)
+
+
+@dataclass
+class FeedbackRows:
+    """Labelled rows of the model's scored batches: features, labels, rows left out."""
+
+    features: pd.DataFrame
+    labels: np.ndarray
+    left_out: int = 0
 
 
 @dataclass
@@ -351,8 +372,14 @@ def decide(
     stability: float | None = None,
     champion_version: int | None = None,
     config: GateConfig | None = None,
+    feedback: FeedbackScores | None = None,
 ) -> GateDecision:
-    """Compare a challenger with the champion on the same rows and decide promote/keep/reject."""
+    """Compare a challenger with the champion on the same rows and decide promote/keep/reject.
+
+    With analyst feedback holding at least MIN_FEEDBACK_ANOMALIES labelled anomalies, the
+    challenger is also judged on those labels (average precision against the champion's); a
+    label-free doubt (disagreement with the champion, few rows) then no longer holds it back.
+    """
     config = config or GateConfig()
     failed: list[str] = []
     soft: list[str] = []
@@ -361,8 +388,16 @@ def decide(
         "rows": float(len(challenger_scores)),
         "latency_ms_per_1k": latency_ms_per_1k,
     }
+    on_feedback, feedback_ok, feedback_text = (
+        judge_feedback(feedback, config.margin, metrics)
+        if feedback is not None
+        else (False, True, "")
+    )
 
     def check(ok: bool, text: str, hard: bool = True) -> None:
+        if not ok and not hard and on_feedback:
+            passed.append(f"{text}: not held against it, analyst feedback decides")
+            return
         (passed if ok else failed if hard else soft).append(text)
 
     check(
@@ -373,6 +408,8 @@ def decide(
         latency_ms_per_1k <= config.latency_budget_ms_per_1k,
         f"latency {latency_ms_per_1k:.1f} ms/1k rows (budget {config.latency_budget_ms_per_1k:g})",
     )
+    if feedback is not None:
+        check(feedback_ok, feedback_text)
 
     if labels is not None:
         from sklearn.metrics import average_precision_score, roc_auc_score
@@ -407,7 +444,7 @@ def decide(
                 f"score ranking stable under {config.jitter:g} jitter: Spearman {stability:.3f} "
                 f"(floor {config.min_stability:g})",
             )
-        if rows < MIN_EVAL_ROWS:
+        if rows < MIN_EVAL_ROWS and not on_feedback:
             soft.append(f"only {rows} evaluation rows: label-free checks are weak")
         if champion_scores is not None:
             k = max(1, round(expected_share * rows))
@@ -438,8 +475,52 @@ def decide(
         decision=decision,
         reasons=reasons,
         metrics=metrics,
-        labelled=labels is not None,
+        labelled=labels is not None or on_feedback,
         champion_version=champion_version,
+    )
+
+
+def judge_feedback(
+    feedback: FeedbackScores, margin: float, metrics: dict[str, float]
+) -> tuple[bool, bool, str]:
+    """(judged on labels, passed, reason): analyst labels judge once there are enough of them.
+
+    The challenger's average precision over the labelled rows may not drop more than `margin`
+    below the champion's on the same rows; ROC-AUC is recorded beside it.
+    """
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    labels = np.asarray(feedback.labels, int)
+    anomalies, normals = int(labels.sum()), int((labels == 0).sum())
+    metrics.update(
+        {
+            "feedback.rows": float(len(labels)),
+            "feedback.anomalies": float(anomalies),
+            "feedback.left_out": float(feedback.left_out),
+        }
+    )
+    left = f"; {feedback.left_out} labelled row(s) left out" if feedback.left_out else ""
+    if anomalies < MIN_FEEDBACK_ANOMALIES or normals < 2:
+        return (
+            False,
+            True,
+            f"analyst feedback: {anomalies} labelled anomalies and {normals} normal rows usable "
+            f"(judging needs {MIN_FEEDBACK_ANOMALIES} and 2{left}): not judged on labels yet",
+        )
+    mine = float(average_precision_score(labels, feedback.challenger))
+    metrics["challenger.feedback_average_precision"] = mine
+    metrics["challenger.feedback_roc_auc"] = float(roc_auc_score(labels, feedback.challenger))
+    what = f"on {len(labels)} labelled rows ({anomalies} anomalies{left})"
+    if feedback.champion is None:
+        return True, True, f"analyst feedback: average precision {mine:.4f} {what}, no champion"
+    theirs = float(average_precision_score(labels, feedback.champion))
+    metrics["champion.feedback_average_precision"] = theirs
+    metrics["champion.feedback_roc_auc"] = float(roc_auc_score(labels, feedback.champion))
+    return (
+        True,
+        mine >= theirs - margin,
+        f"analyst feedback: average precision {mine:.4f} vs champion {theirs:.4f} {what} "
+        f"(allowed drop {margin:g})",
     )
 
 
@@ -485,8 +566,12 @@ def evaluate_version(
     champion: Scorer | None = None,
     champion_version: int | None = None,
     config: GateConfig | None = None,
+    feedback: FeedbackRows | None = None,
 ) -> Evaluation:
-    """Check the challenger's interface on the data, score it and the champion, decide."""
+    """Check the challenger's interface on the data, score it and the champion, decide.
+
+    `feedback` (labelled rows of the model's scored batches) is scored by both models too.
+    """
     config = config or GateConfig()
     check_interface(challenger, frame, where)
     scores, latency = score_frame(challenger, frame)
@@ -511,6 +596,24 @@ def evaluate_version(
         else jitter_stability(challenger, frame, config.resamples, config.jitter, config.seed),
         champion_version=champion_version,
         config=config,
+        feedback=None if feedback is None else score_feedback(feedback, challenger, champion),
     )
     decision.metrics["threshold"] = threshold
     return Evaluation(decision, threshold, source, challenger.convention, challenger.kind)
+
+
+def score_feedback(
+    feedback: FeedbackRows, challenger: Scorer, champion: Scorer | None
+) -> FeedbackScores:
+    """Both models' scores on the labelled feedback rows."""
+    labels = np.asarray(feedback.labels, int)
+    if feedback.features.empty:
+        return FeedbackScores(labels, np.zeros(0), None, feedback.left_out)
+    where = "the rows analysts labelled"
+    check_interface(challenger, feedback.features, where)
+    mine, _ = score_frame(challenger, feedback.features)
+    theirs = None
+    if champion is not None:
+        check_interface(champion, feedback.features, where)
+        theirs, _ = score_frame(champion, feedback.features)
+    return FeedbackScores(labels, mine, theirs, feedback.left_out)

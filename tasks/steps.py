@@ -178,3 +178,53 @@ def score_into_results(
         "rows_stored": stored,
         "anomalies": anomalies,
     }
+
+
+@task(name="record_batch_snapshot", cache_policy=NO_CACHE, **IO)
+def record_batch_snapshot(results_url: str, manifest: Manifest, scored: dict[str, Any]) -> None:
+    """Remember the snapshot a batch id was scored from (feedback joins its rows back to it)."""
+    from tasks.feedback import feedback_engine, record_batch_snapshot
+
+    engine = feedback_engine(results_url)
+    try:
+        record_batch_snapshot(
+            engine,
+            scored["batch_id"],
+            model_name=scored["model"],
+            model_version=scored["version"],
+            dataset=manifest.dataset,
+            sha256=manifest.sha256,
+            rows=manifest.rows,
+        )
+    finally:
+        engine.dispose()
+
+
+@task(name="load_feedback_rows", cache_policy=NO_CACHE, **IO)
+def load_feedback_rows(
+    results_url: str, store: ArtifactStore, model: str, trained_on: list[str], ignore: list[str]
+) -> Any:
+    """Analyst-labelled rows of the model's batches with their features (None: no feedback)."""
+    from tasks.feedback import feedback_engine, gate_feedback, results_db_exists
+
+    if not results_db_exists(results_url):
+        return None
+    engine = feedback_engine(results_url)
+    try:
+        return gate_feedback(engine, store, model, trained_on, ignore)
+    finally:
+        engine.dispose()
+
+
+@task(name="load_feedback_labels", cache_policy=NO_CACHE, **IO)
+def load_feedback_labels(results_url: str, store: ArtifactStore, model: str) -> Any:
+    """The model's newest label per scored row with the snapshot holding the row (a frame)."""
+    from tasks.feedback import feedback_engine, model_feedback, results_db_exists
+
+    if not results_db_exists(results_url):
+        return None
+    engine = feedback_engine(results_url)
+    try:
+        return model_feedback(engine, store, model)
+    finally:
+        engine.dispose()
