@@ -362,6 +362,7 @@ def _mount_subcommands() -> None:
     """Command groups that live in their own modules (each imports only typer at the top)."""
     from deployments.backup_cli import backup_app
     from deployments.deploy import deploy
+    from deployments.feedback_cli import feedback
     from deployments.metrics_cli import health, metrics_app
     from deployments.registry_cli import drift, registry_app
     from deployments.services_cli import services_app
@@ -374,6 +375,7 @@ def _mount_subcommands() -> None:
     app.command("drift")(drift)
     app.add_typer(metrics_app, name="metrics", help="Prometheus metrics: serve or show.")
     app.command("health")(health)
+    app.command("feedback")(feedback)
     app.command(help="Register the Prefect deployments and the drift -> retrain automation.")(
         deploy
     )
