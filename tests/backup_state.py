@@ -125,11 +125,14 @@ def backup_while_scoring(
     failures: list[BaseException] = []
 
     def keep_scoring() -> None:
-        version = 0
+        written = 0
         while not stop.is_set():
-            version += 1
+            written += 1
+            # Each round re-scores every live batch with the other of two versions: a write
+            # replaces the rows that version wrote two rounds before.
+            version = 1 + (written // batches) % 2
             try:
-                score_rows(engine, f"live-{version % batches}", rows_per_batch, version=version)
+                score_rows(engine, f"live-{written % batches}", rows_per_batch, version=version)
             except busy:
                 time.sleep(0.01)
                 continue
@@ -158,11 +161,15 @@ def backup_while_scoring(
 
 
 def batch_counts(settings: Settings) -> pd.DataFrame:
-    """Rows (n) and distinct model versions (versions) of every batch in detection_results."""
+    """Rows (n) of every batch and model version in detection_results, and the row count of
+    its summary in detection_batches (summarised; NaN when it has none)."""
     engine = sa.create_engine(settings.results_url, poolclass=sa.NullPool)
     per_batch = pd.read_sql(
-        "SELECT batch_id, count(*) AS n, count(DISTINCT model_version) AS versions "
-        "FROM detection_results GROUP BY batch_id",
+        "SELECT r.batch_id, r.model_name, r.model_version, count(*) AS n, "
+        "min(b.row_count) AS summarised FROM detection_results r LEFT JOIN detection_batches b "
+        "ON b.batch_id = r.batch_id AND b.model_name = r.model_name "
+        "AND b.model_version = r.model_version "
+        "GROUP BY r.batch_id, r.model_name, r.model_version",
         engine,
     )
     engine.dispose()
