@@ -51,6 +51,27 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "Share of anomalous rows among those scored in the last 7 days per model.",
         ("model",),
     ),
+    "pynomaly_flagged_precision": (
+        "gauge",
+        "Share of the flagged rows analysts labelled that they labelled anomalous (1), per "
+        "model version (absent until a flagged row is labelled).",
+        ("model", "version"),
+    ),
+    "pynomaly_feedback_labelled_flagged_rows": (
+        "gauge",
+        "Flagged rows with an analyst label per model version (the precision's denominator).",
+        ("model", "version"),
+    ),
+    "pynomaly_feedback_labelled_rows": (
+        "gauge",
+        "Scored rows with an analyst label per model version (newest label per row).",
+        ("model", "version"),
+    ),
+    "pynomaly_feedback_labelled_anomalies": (
+        "gauge",
+        "Scored rows analysts labelled anomalous (1) per model version.",
+        ("model", "version"),
+    ),
     "pynomaly_champion_version": (
         "gauge",
         "Version number the champion alias points at (absent when there is no champion).",
@@ -139,6 +160,7 @@ class ModelResults:
     anomalies_24h: int = 0
     rows_7d: int = 0
     anomalies_7d: int = 0
+    feedback: dict[int, Any] = field(default_factory=dict)  # version -> feedback.FeedbackCounts
 
     @property
     def share_24h(self) -> float | None:
@@ -158,6 +180,7 @@ def read_results(engine: Any, now: datetime) -> dict[str, ModelResults]:
     """
     import sqlalchemy as sa
 
+    from tasks.feedback import feedback_counts
     from tasks.results import detection_batches, detection_results, summarised_rows
 
     inspector = sa.inspect(engine)
@@ -204,6 +227,9 @@ def read_results(engine: Any, now: datetime) -> dict[str, ModelResults]:
             m = found.setdefault(name, ModelResults())
             m.rows_24h, m.anomalies_24h = int(rows_24h), int(anomalies_24h)
             m.rows_7d, m.anomalies_7d = int(rows_7d), int(anomalies_7d)
+    # Analyst labels: one aggregate over the (human-sized) feedback table.
+    for counts in feedback_counts(engine):
+        found.setdefault(counts.model, ModelResults()).feedback[counts.version] = counts
     return found
 
 
@@ -379,6 +405,16 @@ class PlatformCollector:
                     fam["pynomaly_anomaly_share_24h"].add_metric([model], m.share_24h)
                 if m.share_7d is not None:
                     fam["pynomaly_anomaly_share_7d"].add_metric([model], m.share_7d)
+                for version, c in sorted(m.feedback.items()):
+                    key = [model, str(version)]
+                    if c.flagged_precision is not None:
+                        fam["pynomaly_flagged_precision"].add_metric(key, c.flagged_precision)
+                    for name, value in (
+                        ("labelled_flagged_rows", c.labelled_flagged),
+                        ("labelled_rows", c.labelled_rows),
+                        ("labelled_anomalies", c.labelled_anomalies),
+                    ):
+                        fam[f"pynomaly_feedback_{name}"].add_metric(key, value)
         registry = values["registry"]
         if not isinstance(registry, Exception):
             for model, r in sorted(registry.items()):

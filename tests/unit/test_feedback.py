@@ -328,3 +328,31 @@ def test_too_little_feedback_does_not_judge() -> None:
     )
     assert worse.decision == KEEP and not worse.labelled
     assert any("not judged on labels yet" in r for r in worse.reasons)
+
+
+def test_exporter_gauges_flagged_precision_per_model_version(engine, tmp_path: Path) -> None:
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from deployments.metrics import PlatformCollector, Sources, metrics_registry
+
+    score(engine, "b1", "m", 1, [True, True, True, False])
+    rows = [fb("b1", 0, 1), fb("b1", 1, 0), fb("b1", 2, 1), fb("b1", 3, 1)]
+    record_feedback(engine, write(tmp_path, rows), "ana", labelled_at=T0)
+    sources = Sources(str(engine.url), f"sqlite:///{tmp_path / 'none.db'}", str(tmp_path))
+    collector = PlatformCollector(sources, now=lambda: T0)
+    text = generate_latest(metrics_registry(collector)).decode()
+    collector.close()
+    got = {
+        s.name: (s.labels, s.value)
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if "feedback" in s.name or "precision" in s.name
+    }
+    labels = {"model": "m", "version": "1"}
+    assert got == {
+        "pynomaly_flagged_precision": (labels, pytest.approx(2 / 3)),
+        "pynomaly_feedback_labelled_flagged_rows": (labels, 3),
+        "pynomaly_feedback_labelled_rows": (labels, 4),
+        "pynomaly_feedback_labelled_anomalies": (labels, 3),
+    }
