@@ -122,21 +122,79 @@ def _read_parquet(path: Path, chunk_rows: int, where: str) -> Iterator[pd.DataFr
         yield pf.schema_arrow.empty_table().to_pandas()
 
 
-def _read_sql(url: str, query: str | None, chunk_rows: int) -> Iterator[pd.DataFrame]:
-    import sqlalchemy as sa
-    from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+def _source_engine(url: str, where: str) -> Any:
+    """An engine on a SQL source that cannot write to it: SQLite opened read-only (`mode=ro`), so
+    a missing file is an error instead of a new empty database; PostgreSQL read-only per
+    transaction (see _read_sql). Other databases are refused: nothing would keep them read-only.
+    """
+    import sqlite3
+    from urllib.parse import quote
 
-    where = redact(url)
-    if not query:
-        raise InputError(f"{where}: a SQL source needs --query (a table name or a SELECT)")
-    statement = query if re.search(r"\s", query.strip()) else f'SELECT * FROM "{query.strip()}"'
+    import sqlalchemy as sa
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
     try:
-        engine = sa.create_engine(url)
+        parsed = sa.make_url(url)
+        backend = parsed.get_backend_name()
+        if backend == "sqlite":
+            if not parsed.database or parsed.database == ":memory:":
+                raise InputError(f"{where}: a SQLite source needs a database file")
+            path = Path(parsed.database).expanduser().resolve()
+            if not path.is_file():
+                raise InputError(f"{where}: SQLite database {parsed.database} not found")
+            uri = f"file:{quote(str(path))}?mode=ro"
+            return sa.create_engine(
+                "sqlite://",
+                creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False),
+                poolclass=sa.NullPool,
+            )
+        if backend == "postgresql":
+            return sa.create_engine(url)
     except (ArgumentError, NoSuchModuleError) as exc:
         raise InputError(f"{where}: not a usable database URL ({exc})") from exc
+    raise InputError(
+        f"{where}: SQL sources are read from SQLite or PostgreSQL only ({backend} cannot be "
+        "opened read-only here)"
+    )
+
+
+def _source_statement(conn: Any, query: str) -> Any:
+    """The statement for --query: an existing table (or a name without spaces) is selected with
+    its name quoted by the dialect; anything else is the user's SELECT as written."""
+    import sqlalchemy as sa
+
+    name = query.strip()
+    if not re.search(r"\s", name) or sa.inspect(conn).has_table(name):
+        return sa.select(sa.literal_column("*")).select_from(sa.table(name))
+    return sa.text(query)
+
+
+def _read_only_refusal(exc: Any) -> bool:
+    """Whether a database error is the source refusing a write (read-only SQLite or transaction)."""
+    orig = getattr(exc, "orig", None)
+    return (
+        getattr(orig, "sqlite_errorname", "").startswith("SQLITE_READONLY")
+        or (getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)) == "25006"
+    )
+
+
+def _read_sql(url: str, query: str | None, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """Rows of a table or SELECT, read in a read-only connection: the source is never written."""
+    from sqlalchemy.exc import DBAPIError
+
+    where = redact(url)
+    if not query or not query.strip():
+        raise InputError(f"{where}: a SQL source needs --query (a table name or a SELECT)")
+    engine = _source_engine(url, where)
     try:
         with engine.connect() as conn:
-            result = conn.execution_options(stream_results=True).execute(sa.text(statement))
+            if conn.dialect.name == "postgresql":
+                # First statement of the transaction the reads below run in.
+                conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+            statement = _source_statement(conn, query)
+            result = conn.execution_options(stream_results=True).execute(statement)
+            if not result.returns_rows:
+                raise InputError(f"{where}: {query!r} returns no rows (use a table or a SELECT)")
             columns = list(result.keys())
             _check_header(columns, where, None)
             empty = True
@@ -147,6 +205,8 @@ def _read_sql(url: str, query: str | None, chunk_rows: int) -> Iterator[pd.DataF
                 yield pd.DataFrame(columns=columns)
     except DBAPIError as exc:
         first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        if _read_only_refusal(exc):
+            first += " (SQL sources are read-only)"
         raise InputError(f"{where}: SQL error in {query!r}: {first}") from exc
     finally:
         engine.dispose()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from sql_sources import build_source, source_state
 from typer.testing import CliRunner
 
 from deployments.cli import app
@@ -202,3 +203,73 @@ def test_sql_syntax_error(demo, tmp_path: Path, monkeypatch) -> None:
         "SQL error in 'SELEC x FROM t'",
     )
     assert registry_state(home) == before
+
+
+def test_drop_table_through_query_is_refused(demo, tmp_path: Path, monkeypatch) -> None:
+    home, _ = demo
+    monkeypatch.setenv("PYNOMALY_HOME", str(home))
+    url = f"sqlite:///{tmp_path / 'src.db'}"
+    build_source(url)
+    before = source_state(url)
+    assert_refused(
+        invoke("ingest", url, "--query", "DROP TABLE victim", "--dataset", "d"),
+        "SQL error in 'DROP TABLE victim'",
+        "read-only",
+    )
+    assert source_state(url) == before
+    # The retry still finds the table.
+    result = invoke("ingest", url, "--query", "victim", "--dataset", "victims", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["rows"] == len(before["victim"])
+
+
+def test_missing_sqlite_source(demo, tmp_path: Path, monkeypatch) -> None:
+    home, _ = demo
+    monkeypatch.setenv("PYNOMALY_HOME", str(home))
+    missing = tmp_path / "src.db"
+    assert_refused(
+        invoke("ingest", f"sqlite:///{missing}", "--query", "t", "--dataset", "d"),
+        f"SQLite database {missing} not found",
+    )
+    assert not missing.exists()
+
+
+def test_two_models_scoring_one_batch_keep_both(demo, monkeypatch) -> None:
+    """`score batch.csv --model m1` then `--model m2` (the same default batch id, the content
+    hash) used to leave only m2's rows and summary."""
+    home, _ = demo
+    monkeypatch.setenv("PYNOMALY_HOME", str(home))
+    trained = invoke(
+        "train",
+        str(home / "demo" / "train.csv"),
+        "--model",
+        "second-opinion",
+        "--label-column",
+        "is_malignant",
+        "--detector",
+        "hbos",
+    )
+    assert trained.exit_code == 0, trained.output
+    batch = str(home / "demo" / "batch.csv")
+    first = invoke("score", batch, "--model", "breast-cancer", "--version", "1", "--json")
+    second = invoke("score", batch, "--model", "second-opinion", "--json")
+    assert first.exit_code == second.exit_code == 0, second.output
+    a, b = json.loads(first.stdout), json.loads(second.stdout)
+    assert a["batch_id"] == b["batch_id"] and a["rows_scored"] == b["rows_scored"] > 0
+    with sqlite3.connect(home / "results.db") as conn:
+        rows = conn.execute(
+            "SELECT model_name, model_version, count(*), sum(is_anomaly) FROM detection_results "
+            "WHERE batch_id = ? GROUP BY 1, 2",
+            (a["batch_id"],),
+        ).fetchall()
+        summaries = conn.execute(
+            "SELECT model_name, model_version, row_count, anomaly_count FROM detection_batches "
+            "WHERE batch_id = ?",
+            (a["batch_id"],),
+        ).fetchall()
+    expected = {
+        ("breast-cancer", 1, a["rows_scored"], a["anomalies"]),
+        ("second-opinion", 1, b["rows_scored"], b["anomalies"]),
+    }
+    assert set(rows) == expected
+    assert set(summaries) == expected

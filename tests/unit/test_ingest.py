@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from sql_sources import TABLES, WRITES, build_source, source_state
 
 from data_checks.errors import InputError
 from tasks.ingest import load_snapshot, snapshot_source
@@ -109,3 +111,46 @@ def test_invalid_dataset_name(tmp_path: Path, store: ArtifactStore) -> None:
     (tmp_path / "a.csv").write_text("x\n1\n")
     with pytest.raises(InputError, match="invalid name '../x'"):
         snapshot_source(str(tmp_path / "a.csv"), "../x", store)
+
+
+# SQL sources are read, never written ----------------------------------------------------------
+
+
+@pytest.fixture
+def sqlite_source(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'src.db'}"
+    build_source(url)
+    return url
+
+
+@pytest.mark.parametrize("query", WRITES)
+def test_write_through_query_is_refused_and_the_source_intact(
+    sqlite_source: str, store: ArtifactStore, query: str
+) -> None:
+    before = source_state(sqlite_source)
+    assert before["victim"]
+    with pytest.raises(InputError, match=re.escape(f"SQL error in {query!r}")):
+        snapshot_source(sqlite_source, "d", store, query=query)
+    assert source_state(sqlite_source) == before
+    assert store.list("datasets/d") == []
+
+
+def test_drop_table_is_refused_as_read_only(sqlite_source: str, store: ArtifactStore) -> None:
+    with pytest.raises(InputError, match=r"readonly database \(SQL sources are read-only\)"):
+        snapshot_source(sqlite_source, "d", store, query="DROP TABLE victim")
+
+
+@pytest.mark.parametrize("name", sorted(TABLES))
+def test_table_names_are_quoted(sqlite_source: str, store: ArtifactStore, name: str) -> None:
+    manifest = snapshot_source(sqlite_source, "d", store, query=name)
+    assert manifest.rows == TABLES[name]
+    assert load_snapshot(store, manifest)["x"].tolist() == list(range(TABLES[name]))
+
+
+def test_missing_sqlite_source_is_an_error_not_a_new_file(
+    tmp_path: Path, store: ArtifactStore
+) -> None:
+    missing = tmp_path / "nope.db"
+    with pytest.raises(InputError, match=f"SQLite database {re.escape(str(missing))} not found"):
+        snapshot_source(f"sqlite:///{missing}", "d", store, query="t")
+    assert not missing.exists()
