@@ -306,7 +306,7 @@ def demo(
         import pandas as pd
         from sklearn.metrics import roc_auc_score
 
-        from deployments.demo import LABEL, build_demo_files
+        from deployments.demo import LABEL, build_demo_files, record_demo_feedback
         from deployments.settings import get_settings
         from flows.run_pipeline import pipeline as pipeline_flow
         from tasks.results import read_batch, results_engine
@@ -334,6 +334,16 @@ def demo(
         y = truth.loc[scored["row_index"]].to_numpy()
         result["metrics"]["batch_roc_auc"] = float(roc_auc_score(y, scored["score"]))
         result["batch_anomalies_true"] = int(y.sum())
+        # Feedback: an analyst labels the flagged rows (the truth kept aside); their precision
+        result["feedback"] = record_demo_feedback(
+            settings.results_url,
+            scored,
+            truth,
+            batch_id=result["batch_id"],
+            model=result["model"],
+            version=result["version"],
+            folder=files["batch"].parent,
+        )
         result["seconds"] = round(time.perf_counter() - started, 1)
         result["ui"] = {
             "mlflow": f"mlflow ui --backend-store-uri {settings.mlflow_tracking_uri} --port 5000",
@@ -350,6 +360,11 @@ def demo(
     rows["anomalies flagged"] = (
         f"{result['anomalies']} (truly malignant: {result['batch_anomalies_true']})"
     )
+    feedback = result["feedback"]
+    if feedback["flagged_precision"] is not None:
+        rows["precision of flagged rows"] = (
+            f"{feedback['flagged_precision']:.3f} (analyst feedback on {feedback['rows']} rows)"
+        )
     rows["batch id"] = result["batch_id"]
     rows["seconds"] = result["seconds"]
     show("Pynomaly demo: breast-cancer (benign = normal, malignant = anomaly)", rows)

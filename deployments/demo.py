@@ -41,3 +41,46 @@ def build_demo_files(folder: Path, seed: int = 0) -> dict[str, Path]:
     batch.drop(columns=[LABEL]).to_csv(paths["batch"], index=False)
     batch[[LABEL]].rename_axis("row_index").to_csv(paths["batch_labels"])
     return paths
+
+
+def record_demo_feedback(
+    results_url: str,
+    scored: pd.DataFrame,
+    truth: pd.Series,
+    *,
+    batch_id: str,
+    model: str,
+    version: int,
+    folder: Path,
+) -> dict[str, object]:
+    """An analyst labels the rows the model flagged with the truth kept aside; the precision.
+
+    Goes through a feedback file and `record_feedback_file`, as `pynomaly feedback` does.
+    """
+    from tasks.feedback import feedback_counts, feedback_engine, record_feedback_file
+
+    flagged = scored.loc[scored["is_anomaly"].astype(bool), "row_index"].to_numpy()
+    if len(flagged) == 0:
+        return {"rows": 0, "labelled_anomalies": 0, "flagged_precision": None}
+    path = folder / "feedback.csv"
+    pd.DataFrame(
+        {
+            "batch_id": batch_id,
+            "row_index": flagged,
+            "label": truth.loc[flagged].to_numpy(),
+            "note": "demo: the label kept aside",
+        }
+    ).to_csv(path, index=False)
+    recorded = record_feedback_file(results_url, str(path), "demo")
+    engine = feedback_engine(results_url)
+    try:
+        counts = next(
+            c for c in feedback_counts(engine) if (c.model, c.version) == (model, int(version))
+        )
+    finally:
+        engine.dispose()
+    return {
+        "rows": recorded["rows"],
+        "labelled_anomalies": recorded["anomalies"],
+        "flagged_precision": counts.flagged_precision,
+    }

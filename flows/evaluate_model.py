@@ -11,6 +11,7 @@ from prefect.cache_policies import NO_CACHE
 
 from data_checks.errors import InputError
 from deployments.settings import get_settings
+from tasks.steps import load_feedback_rows
 
 # These tasks are thin wrappers like those in tasks/steps.py; they live here until steps.py
 # (owned elsewhere) takes them.
@@ -131,8 +132,12 @@ def gate_version(
     batch: dict[str, Any],
     expected_share: float | None,
     margin: float,
+    feedback: Any = None,
 ) -> dict[str, Any]:
-    """Score challenger and champion on the same rows and record the gate's decision as tags."""
+    """Score challenger and champion on the same rows and record the gate's decision as tags.
+
+    `feedback` (registry.gate.FeedbackRows): analyst-labelled rows of the model's batches.
+    """
     from registry.gate import GateConfig, GateDecision, evaluate_version, load_scorer
     from registry.promotion import record_decision
     from registry.versions import client
@@ -151,6 +156,7 @@ def gate_version(
             champion=None if champion is None else load_scorer(champion.uri, champion.tags),
             champion_version=None if champion is None else champion.version,
             config=GateConfig(margin=margin),
+            feedback=feedback,
         )
     except InputError as exc:
         # A broken interface is a decision too: record it so `registry show` tells why.
@@ -217,8 +223,22 @@ def evaluate_model(
     champion = batch["champion"]
     champion_version = None if champion is None else champion.version
 
+    # Feedback: rows analysts labelled on the model's batches, less those either version fit on
+    compared = [v for v in (batch["target"], champion) if v is not None]
+    feedback = load_feedback_rows(
+        settings.results_url,
+        settings.store(),
+        model,
+        [
+            f"{v.tags['dataset']}/{v.tags['dataset_sha256']}"
+            for v in compared
+            if v.tags.get("dataset") and v.tags.get("dataset_sha256")
+        ],
+        [v.tags["label_column"] for v in compared if v.tags.get("label_column")],
+    )
+
     # Gate
-    gate = gate_version(uri, model, batch, expected_share, settings.gate_margin)
+    gate = gate_version(uri, model, batch, expected_share, settings.gate_margin, feedback)
 
     # Promote
     promoted = None
@@ -242,6 +262,7 @@ def evaluate_model(
         "label_column": batch["label_column"],
         "champion_before": champion_version,
         "promoted": bool(promoted and promoted["changed"]),
+        "feedback_rows": 0 if feedback is None else len(feedback.labels),
         **gate,
     }
     create_markdown_artifact(

@@ -12,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 
 from data_checks.errors import InputError
 from deployments.settings import get_settings
-from tasks.steps import load_source, resolve_model
+from tasks.steps import load_feedback_labels, load_source, resolve_model
 from tasks.store import ArtifactStore
 
 WINDOW_TAG = "window_snapshots"
@@ -60,18 +60,35 @@ def find_new_batches(store: ArtifactStore, model: str, used: list[str], limit: i
 
 @task(name="combine_window", cache_policy=NO_CACHE)
 def combine_window(
-    store: ArtifactStore, window: list[str], label_column: str | None, folder: str
-) -> tuple[str, str | None, int]:
-    """One Parquet file of the window's rows; labels kept only if every snapshot has them."""
+    store: ArtifactStore,
+    window: list[str],
+    label_column: str | None,
+    folder: str,
+    feedback: Any = None,
+) -> tuple[str, str | None, int, dict[str, int]]:
+    """One Parquet file of the window's rows; labels kept only if every snapshot has them.
+
+    With enough analyst feedback on the window's batches (`feedback`: the model's newest label
+    per row and its snapshot), the feedback sets labels and only labelled rows are kept.
+    """
     import pandas as pd
 
+    from tasks.feedback import apply_feedback_labels
     from tasks.ingest import load_manifest, load_snapshot
 
     frames = []
     for part in window:
         dataset, sha = part.split("/", 1)
         frames.append(load_snapshot(store, load_manifest(store, dataset, sha)))
-    if label_column and not all(label_column in f.columns for f in frames):
+    used: dict[str, int] = {}
+    labelled = (
+        None
+        if feedback is None or feedback.empty
+        else apply_feedback_labels(list(zip(window, frames, strict=True)), feedback, label_column)
+    )
+    if labelled is not None:
+        frames, label_column, used = labelled
+    elif label_column and not all(label_column in f.columns for f in frames):
         # New batches come without labels: the whole window trains label-free.
         frames = [f.drop(columns=[label_column], errors="ignore") for f in frames]
         label_column = None
@@ -86,7 +103,7 @@ def combine_window(
     combined = pd.concat([f[columns] for f in frames], ignore_index=True)
     path = Path(folder) / "window.parquet"
     combined.to_parquet(path, index=False)
-    return str(path), label_column, len(combined)
+    return str(path), label_column, len(combined), used
 
 
 @flow(name="retrain-detector", log_prints=True)
@@ -155,9 +172,12 @@ def retrain_detector(
             or next((c for c in reversed(known) if c), None)
         )
 
+        # Feedback: analysts' labels of the window's batch rows become training labels
+        feedback = load_feedback_labels(settings.results_url, store, model)
+
         # Train, register and gate: the train flow's own path, on the window's rows
         with tempfile.TemporaryDirectory() as folder:
-            path, label, rows = combine_window(store, parts, label, folder)
+            path, label, rows, used = combine_window(store, parts, label, folder, feedback)
             trained = train_detector(
                 path,
                 model,
@@ -171,6 +191,8 @@ def retrain_detector(
         version = str(trained["version"])
         mlflow_client.set_model_version_tag(model, version, WINDOW_TAG, json.dumps(parts))
         mlflow_client.set_model_version_tag(model, version, "retrain_trigger", trigger)
+        if used:
+            mlflow_client.set_model_version_tag(model, version, "feedback", json.dumps(used))
         mlflow_client.set_model_version_tag(
             model, version, "window_policy", f"{window}:{window_size}"
         )
@@ -184,6 +206,7 @@ def retrain_detector(
             "window": parts,
             "rows": rows,
             "label_column": label,
+            "feedback": used,
         }
 
 

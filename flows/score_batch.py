@@ -12,6 +12,7 @@ from tasks.steps import (
     check_batch_schema,
     load_model_scorer,
     load_source,
+    record_batch_snapshot,
     resolve_model,
     score_into_results,
     validate_batch,
@@ -57,6 +58,8 @@ def score_batch(
     result = score_into_results(
         store, manifest, resolved, scorer, columns, settings.results_url, batch, settings.chunk_rows
     )
+    # Feedback on these rows is joined back to their features through the batch's snapshot
+    record_batch_snapshot(settings.results_url, manifest, result)
     create_markdown_artifact(
         key="score-summary",
         markdown=(
