@@ -29,6 +29,8 @@ CSV_SUFFIXES = {".csv", ".txt", ".tsv"}
 OTHER_DELIMITERS = [";", "\t", "|"]
 # An object column whose values parse as numbers this often is a numeric column with bad text.
 NUMERIC_SHARE = 0.9
+# First words of a statement that reads (anything else given as --query cannot be a source).
+READ_STATEMENTS = {"select", "with", "values", "table"}
 
 
 @dataclass
@@ -169,12 +171,15 @@ def _source_statement(conn: Any, query: str) -> Any:
     return sa.text(query)
 
 
-def _read_only_refusal(exc: Any) -> bool:
-    """Whether a database error is the source refusing a write (read-only SQLite or transaction)."""
+def _refused_write(exc: Any, query: str) -> bool:
+    """Whether a database error is the source refusing a write: the read-only connection said so,
+    or the statement is not a query at all (PostgreSQL's streaming cursor only takes queries)."""
     orig = getattr(exc, "orig", None)
+    first_word = query.strip().split(None, 1)[0].lower() if query.strip() else ""
     return (
         getattr(orig, "sqlite_errorname", "").startswith("SQLITE_READONLY")
         or (getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)) == "25006"
+        or (bool(re.search(r"\s", query.strip())) and first_word not in READ_STATEMENTS)
     )
 
 
@@ -205,8 +210,8 @@ def _read_sql(url: str, query: str | None, chunk_rows: int) -> Iterator[pd.DataF
                 yield pd.DataFrame(columns=columns)
     except DBAPIError as exc:
         first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-        if _read_only_refusal(exc):
-            first += " (SQL sources are read-only)"
+        if _refused_write(exc, query):
+            first += " (SQL sources are read-only: give a table name or one SELECT)"
         raise InputError(f"{where}: SQL error in {query!r}: {first}") from exc
     finally:
         engine.dispose()

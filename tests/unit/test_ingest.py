@@ -136,7 +136,7 @@ def test_write_through_query_is_refused_and_the_source_intact(
 
 
 def test_drop_table_is_refused_as_read_only(sqlite_source: str, store: ArtifactStore) -> None:
-    with pytest.raises(InputError, match=r"readonly database \(SQL sources are read-only\)"):
+    with pytest.raises(InputError, match=r"readonly database \(SQL sources are read-only:"):
         snapshot_source(sqlite_source, "d", store, query="DROP TABLE victim")
 
 
