@@ -169,10 +169,11 @@ def migrate_results_key(engine: sa.Engine) -> list[str]:
             f"results DB on {engine.dialect.name}: only SQLite and PostgreSQL can be migrated"
         )
     with engine.begin() as conn:
-        names = ", ".join(
-            conn.dialect.identifier_preparer.quote(t.name) for t in outdated_tables(conn)
-        )
-        conn.exec_driver_sql(f"LOCK TABLE {names} IN ACCESS EXCLUSIVE MODE")
+        quote = conn.dialect.identifier_preparer.quote
+        names = [quote(t.name) for t in outdated_tables(conn)]
+        if not names:  # another opener migrated them meanwhile
+            return []
+        conn.exec_driver_sql(f"LOCK TABLE {', '.join(names)} IN ACCESS EXCLUSIVE MODE")
         tables = outdated_tables(conn)
         for table in tables:
             _alter_postgres_key(conn, table)
