@@ -101,27 +101,28 @@ def main() -> None:
         settings = Settings(home=home)
         state = backup.platform_state(settings)
         store = backup.backup_store(settings.backup_store_root)
+        key = backup.backup_key(settings, store, create=True)
         live = sum(p.stat().st_size for p in home.rglob("*") if p.is_file())
 
         started = time.perf_counter()
-        manifest = backup.create_backup(state, store)
+        manifest = backup.create_backup(state, store, key=key)
         figures["backup_s"] = time.perf_counter() - started
 
         started = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
-            backup.verify_backup(store, manifest["id"], Path(tmp))
+            backup.verify_backup(store, manifest["id"], Path(tmp), key)
         figures["verify_s"] = time.perf_counter() - started
 
         started = time.perf_counter()
-        report = backup.restore_backup(state, store, manifest["id"], safety_backup=False)
+        report = backup.restore_backup(state, store, manifest["id"], key=key, safety_backup=False)
         figures["restore_s"] = time.perf_counter() - started
 
         started = time.perf_counter()
-        backup.restore_backup(state, store, manifest["id"], safety_backup=True)
+        backup.restore_backup(state, store, manifest["id"], key=key, safety_backup=True)
         figures["restore_with_safety_backup_s"] = time.perf_counter() - started
 
         started = time.perf_counter()
-        backup.drill_restore(state, store, manifest["id"])
+        backup.drill_restore(state, store, manifest["id"], key=key)
         figures["drill_s"] = time.perf_counter() - started
 
         figures |= {

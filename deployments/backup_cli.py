@@ -31,6 +31,14 @@ def _store_and_state(need_state: bool = True) -> tuple[Any, Any]:
     return store, backup.platform_state(settings) if need_state else None
 
 
+def _key(store: Any, create: bool = False) -> Any:
+    """The backup key (environment or the home's key file); made only when `create`."""
+    from deployments.settings import get_settings
+    from tasks import backup
+
+    return backup.backup_key(get_settings(), store, create=create)
+
+
 def _size(n: int) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
@@ -65,12 +73,14 @@ def create(
         rows |= {"seconds": result["seconds"], **result["counts"]}
         if prune:
             rows["pruned"] = ", ".join(result["pruned"]) or "none"
+        for i, warning in enumerate(result["warnings"], 1):
+            rows[f"warning {i}"] = warning
         show(f"Backup {result['id']}", rows)
 
 
 @backup_app.command("list")
 def list_(as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
-    """List the complete backups, newest first."""
+    """List the complete backups, newest first, with their status (ok, unsigned, malformed…)."""
     from rich.table import Table
 
     from deployments.cli import out, run
@@ -79,26 +89,39 @@ def list_(as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
         from tasks import backup
 
         store, _ = _store_and_state(need_state=False)
-        return {"store": store.root, "backups": backup.list_backups(store)}
+        return {"store": store.root, "backups": backup.list_backups(store, _key(store))}
 
     result = run(work, as_json=as_json, debug=debug, status="Listing backups…")
     if as_json:
         return
     table = Table(title=f"Backups in {result['store']}", title_justify="left")
     table.add_column("id", no_wrap=True)
-    for column in ("kind", "size", "model versions", "detection rows", "artifacts"):
+    for column in ("status", "kind", "size", "model versions", "detection rows", "artifacts"):
         table.add_column(column)
     for b in result["backups"]:
         c = b["counts"]
         table.add_row(
             b["id"],
-            str(b["kind"]),
-            _size(b["size_bytes"]),
-            str(c.get("model_versions", 0)),
-            str(c.get("detection_rows", 0)),
-            str(c.get("artifacts", 0)),
+            b["status"],
+            str(b["kind"] or "-"),
+            _size(b["size_bytes"]) if b["size_bytes"] is not None else "-",
+            str(c.get("model_versions", "-")),
+            str(c.get("detection_rows", "-")),
+            str(c.get("artifacts", "-")),
         )
     out.print(table)
+    for b in result["backups"]:
+        if b["problem"]:
+            out.print(
+                f"{b['id']}: {b['status']}: {b['problem']}",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
+        for warning in b["warnings"]:
+            out.print(
+                f"{b['id']}: warning: {warning}", markup=False, highlight=False, soft_wrap=True
+            )
 
 
 @backup_app.command()
@@ -110,7 +133,7 @@ def verify(
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Check every file of a backup against its sha256 (and with --drill, a scratch restore)."""
+    """Check a backup's signature and every file's sha256 (with --drill, a scratch restore)."""
     from deployments.cli import run, show
 
     def work() -> dict[str, Any]:
@@ -119,7 +142,7 @@ def verify(
         store, _ = _store_and_state(need_state=False)
         resolved = backup.resolve_backup_id(store, backup_id)
         with tempfile.TemporaryDirectory(prefix="pynomaly-verify-") as tmp:
-            manifest = backup.verify_backup(store, resolved, Path(tmp))
+            manifest = backup.verify_backup(store, resolved, Path(tmp), _key(store))
         result: dict[str, Any] = {
             "id": resolved,
             "files_verified": len(manifest["files"]),
@@ -133,7 +156,7 @@ def verify(
 
     result = run(work, as_json=as_json, debug=debug, status="Verifying…")
     if not as_json:
-        rows = {"files": f"{result['files_verified']} verified (sha256)"}
+        rows = {"signature": "valid", "files": f"{result['files_verified']} verified (sha256)"}
         if drill:
             rows["drill"] = f"passed in {result['drill']['seconds']} s"
             rows["champions re-scored"] = result["drill"]["verification"]["champions_checked"]
@@ -144,6 +167,14 @@ def verify(
 def restore(
     backup_id: IdArg = "latest",
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask before overwriting.")] = False,
+    trust_unsigned: Annotated[
+        bool,
+        typer.Option(
+            "--trust-unsigned",
+            help="Restore a backup without a signature (made before backups were signed); "
+            "only when you know where it came from.",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -160,11 +191,16 @@ def restore(
         from tasks import backup
 
         store, state = _store_and_state()
-        return backup.restore_backup(state, store, backup_id)
+        # The key signs the pre-restore backup too, so it is made here if there is none yet.
+        key = _key(store, create=True)
+        return backup.restore_backup(
+            state, store, backup_id, key=key, trust_unsigned=trust_unsigned
+        )
 
     result = run(work, as_json=as_json, debug=debug, status="Restoring…")
     if not as_json:
         rows = {
+            "signature": "valid" if result["signed"] else "none (--trust-unsigned)",
             "databases": ", ".join(result["databases"]),
             "state before restore": f"backed up as {result.get('pre_restore_backup')}",
             "champions re-scored": result["verification"]["champions_checked"],

@@ -24,16 +24,25 @@ def backup_platform(
     record_champions: bool = True,
     kind: str = "scheduled",
 ) -> dict[str, Any]:
-    """Back up MLflow, results, Optuna and Prefect DBs, suites and artifacts; prune old ones."""
+    """Back up MLflow, results, Optuna and Prefect DBs, suites and artifacts, signed; prune."""
     settings = get_settings()
     settings.export_client_environment()
     state = backup.platform_state(settings)
     store = backup.backup_store(settings.backup_store_root, settings.s3_endpoint_url)
+    # The signing key lives outside the store: the environment, or the home's key file.
+    key = backup.backup_key(settings, store, create=True)
 
-    # Back up: databases, suites, artifacts, champion samples, manifest last
+    # Back up: databases, suites, artifacts, champion samples, signed manifest last
     manifest = take_backup(
-        state, store, kind=kind, artifacts_mode=artifacts_mode, record_champions=record_champions
+        state,
+        store,
+        key=key,
+        kind=kind,
+        artifacts_mode=artifacts_mode,
+        record_champions=record_champions,
     )
+    for warning in manifest["warnings"]:
+        print(f"warning: {warning}")
 
     # Retain: newest N, one per day and per week for the configured periods
     pruned: dict[str, list[str]] = {"kept": [], "deleted": []}
@@ -50,7 +59,9 @@ def backup_platform(
         markdown=(
             f"## Backup `{manifest['id']}`\n\n{manifest['size_bytes']:,} bytes in "
             f"{manifest['seconds']} s; pruned {len(pruned['deleted'])}, kept "
-            f"{len(pruned['kept'])}\n\n" + "\n".join(f"- {k}: {v}" for k, v in counts.items())
+            f"{len(pruned['kept'])}\n\n"
+            + "\n".join(f"- {k}: {v}" for k, v in counts.items())
+            + "".join(f"\n\n**Warning:** {w}" for w in manifest["warnings"])
         ),
     )
     return {
@@ -61,6 +72,7 @@ def backup_platform(
         "counts": counts,
         "files": manifest["files"],
         "pruned": pruned["deleted"],
+        "warnings": manifest["warnings"],
     }
 
 

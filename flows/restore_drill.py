@@ -16,14 +16,16 @@ drill_restore = task(name="drill_restore", cache_policy=NO_CACHE)(backup.drill_r
 
 @flow(name="restore-drill", log_prints=True)
 def restore_drill(backup_id: str = "latest") -> dict[str, Any]:
-    """Verify checksums, restore into scratch, compare counts and champion scores, clean up."""
+    """Check signature and checksums, restore into scratch, compare counts and scores."""
     settings = get_settings()
     settings.export_client_environment()
     state = backup.platform_state(settings)
     store = backup.backup_store(settings.backup_store_root, settings.s3_endpoint_url)
+    key = backup.backup_key(settings, store)  # never made here: no key, no signed backup
 
-    # Verify + restore into scratch + check (raises, failing the run, on any mismatch)
-    report = drill_restore(state, store, backup_id)
+    # Authenticate + verify + restore into scratch + check (raises, failing the run, on an
+    # unsigned or wrongly signed backup before anything of it is loaded, and on any mismatch)
+    report = drill_restore(state, store, backup_id, key=key)
 
     checked = report["verification"]
     create_markdown_artifact(

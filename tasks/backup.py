@@ -1,9 +1,12 @@
-"""Back up and restore the whole platform state, with a sha256 manifest and verified restores.
+"""Back up and restore the whole platform state, with a signed manifest and verified restores.
 
 A backup is a folder `<id>/` in the backup store (a local folder or s3://bucket/prefix):
 
-    manifest.json          what is inside: files + sha256, counts, versions, sources
-    manifest.sha256        the sha256 of manifest.json (a damaged manifest is caught too)
+    manifest.json          what is inside: files + sha256, counts, versions, sources, warnings
+    manifest.sig           HMAC-SHA256 of manifest.json under the backup key, which never lives
+                           in the backup store: whoever can write the store cannot re-sign a
+                           changed backup (format 1 backups, made before signatures, carried
+                           only manifest.sha256 and are treated as unauthenticated)
     mlflow.sqlite.gz | mlflow.pgdump      MLflow backend store (SQLite copy or pg_dump -Fc)
     results.*, optuna.*, prefect.*        the other databases, when the platform has them
     expectations.tar.gz    the expectation suites
@@ -20,8 +23,10 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import hmac
 import json
 import os
+import re
 import secrets
 import shutil
 import sqlite3
@@ -31,7 +36,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -41,9 +46,16 @@ import sqlalchemy as sa
 from data_checks.errors import InputError
 from tasks.store import ArtifactStore, s3_client, s3_error, split_s3_uri
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: manifest.sig (HMAC) and champion warnings; 1: manifest.sha256 only
+READABLE_FORMATS = (1, 2)
 MANIFEST = "manifest.json"
-MANIFEST_SUM = "manifest.sha256"
+MANIFEST_SUM = "manifest.sha256"  # format 1 only: an integrity check, not an authentication
+SIGNATURE = "manifest.sig"
+KEY_ENV = "PYNOMALY_BACKUP_KEY"
+KEY_FILE = "backup.key"  # embedded mode: under the platform home, never in the backup store
+MIN_KEY_CHARS = 32
+SIGNATURE_ALGORITHM = "HMAC-SHA256"
+ID_PATTERN = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{1,16}")
 CHAMPIONS = "champions.json.gz"
 EXPECTATIONS = "expectations.tar.gz"
 ARTIFACTS_COPY = "artifacts.tar.gz"
@@ -54,6 +66,16 @@ GZIP_LEVEL = 6
 # A backup folder without a manifest this old is a failed run, not one still being written.
 INCOMPLETE_GRACE = timedelta(days=1)
 DB_ROLES = ("results", "optuna", "mlflow", "prefect")  # dump order: referrers before referees
+DB_FILES = {"sqlite": "{role}.sqlite.gz", "postgresql": "{role}.pgdump"}
+# Every file a backup may hold: a manifest naming anything else is refused before any path is
+# built from it.
+BACKUP_FILES = frozenset(
+    {CHAMPIONS, EXPECTATIONS, ARTIFACTS_COPY, ARTIFACTS_LISTING}
+    | {pattern.format(role=role) for pattern in DB_FILES.values() for role in DB_ROLES}
+)
+# What `backup list` reports per backup; only "ok" (and, without the key, "unchecked") count as
+# backups one can restore.
+USABLE_STATUSES = ("ok", "unchecked")
 
 COUNT_QUERIES: dict[str, dict[str, tuple[str, str]]] = {
     # role -> count name -> (table, SQL)
@@ -231,6 +253,131 @@ class BackupStore(ArtifactStore):
 def backup_store(root: str, endpoint_url: str | None = None) -> BackupStore:
     """The backup store at a folder or s3://bucket/prefix."""
     return BackupStore(root, endpoint_url)
+
+
+# Key and signatures ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BackupKey:
+    """The secret that signs manifests; kept outside the backup store, never logged."""
+
+    secret: bytes = field(repr=False)
+    source: str  # where it came from: the environment variable's name or the key file's path
+
+    @property
+    def key_id(self) -> str:
+        """A short fingerprint naming the key (tells "another key" from "altered")."""
+        return hashlib.sha256(b"pynomaly backup key id:" + self.secret).hexdigest()[:12]
+
+    def mac(self, body: bytes) -> str:
+        """HMAC-SHA256 of the manifest bytes, hex."""
+        return hmac.new(self.secret, body, hashlib.sha256).hexdigest()
+
+    def signature(self, body: bytes) -> bytes:
+        """The manifest.sig content for a manifest."""
+        sig = {"algorithm": SIGNATURE_ALGORITHM, "key_id": self.key_id, "mac": self.mac(body)}
+        return json.dumps(sig, sort_keys=True).encode()
+
+
+def load_backup_key(
+    env_value: str | None, key_file: Path | None, *, create: bool = False
+) -> BackupKey | None:
+    """The backup key: `env_value` when set, else the key file (made once when `create`).
+
+    None when there is none and `create` is false (read-only commands never make a key).
+    """
+    if env_value:
+        if len(env_value.strip()) < MIN_KEY_CHARS:
+            raise InputError(
+                f"{KEY_ENV} is shorter than {MIN_KEY_CHARS} characters: use a random secret, "
+                "e.g. `openssl rand -hex 32`"
+            )
+        return BackupKey(env_value.strip().encode(), KEY_ENV)
+    if key_file is None:
+        if create:
+            raise InputError(
+                f"backups to an S3 store are signed with a key kept outside it: set {KEY_ENV} "
+                "(from your secret store) on every process that backs up, verifies or restores"
+            )
+        return None
+    if not key_file.exists():
+        if not create:
+            return None
+        _create_key_file(key_file)
+    mode = key_file.stat().st_mode
+    if mode & 0o077:
+        raise InputError(
+            f"backup key file {key_file} is readable by others (mode {mode & 0o777:o}): "
+            f"chmod 600 it, or set {KEY_ENV}"
+        )
+    secret = key_file.read_text().strip()
+    if len(secret) < MIN_KEY_CHARS:
+        raise InputError(f"backup key file {key_file} is empty or too short")
+    return BackupKey(secret.encode(), str(key_file))
+
+
+def _create_key_file(path: Path) -> None:
+    """Write a new random key at `path`, atomically and 0600 from the first byte."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # mkstemp creates the file 0600; the link publishes it complete, and fails if another
+    # process made the key first (then that key is the one everyone uses).
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+    finally:
+        os.unlink(tmp)
+
+
+def backup_key(settings: Any, store: BackupStore, *, create: bool = False) -> BackupKey | None:
+    """The key for a backup store as the settings describe it (call at the edge).
+
+    `PYNOMALY_BACKUP_KEY` wins; a local backup store (embedded mode) otherwise uses
+    `$PYNOMALY_HOME/backup.key`; an S3 store needs the environment variable.
+    """
+    key_file = None
+    if not store.is_s3:
+        key_file = Path(settings.home_dir) / KEY_FILE
+        root = Path(store.root).expanduser().resolve()
+        if key_file.resolve() == root or root in key_file.resolve().parents:
+            raise InputError(
+                f"the backup key file {key_file} would be inside the backup store {store.root}: "
+                f"set {KEY_ENV}, or move PYNOMALY_BACKUP_ROOT out of PYNOMALY_HOME's top folder"
+            )
+    return load_backup_key(os.environ.get(KEY_ENV), key_file, create=create)
+
+
+def signature_status(
+    body: bytes, signature: bytes | None, key: BackupKey | None, legacy_sum: bytes | None
+) -> tuple[str, str | None]:
+    """(status, problem) of a manifest's signature: ok, unchecked, unsigned or bad-signature."""
+    if signature is None:
+        if legacy_sum is not None and hashlib.sha256(body).hexdigest() != legacy_sum.strip().decode(
+            errors="replace"
+        ):
+            return "malformed", f"{MANIFEST} does not match {MANIFEST_SUM}"
+        return "unsigned", "not signed (made before backups were signed, or its signature removed)"
+    try:
+        sig = json.loads(signature)
+        algorithm, key_id, mac = sig["algorithm"], sig["key_id"], sig["mac"]
+    except (ValueError, TypeError, KeyError):
+        return "bad-signature", f"{SIGNATURE} is not a signature"
+    if algorithm != SIGNATURE_ALGORITHM or not isinstance(mac, str):
+        return "bad-signature", f"{SIGNATURE} uses {algorithm!r}, not {SIGNATURE_ALGORITHM}"
+    if key is None:
+        return "unchecked", "signed, but no backup key here to check it"
+    if hmac.compare_digest(mac, key.mac(body)):
+        return "ok", None
+    if key_id != key.key_id:
+        return "bad-signature", f"signed with another key (id {key_id}; this key is {key.key_id})"
+    return "bad-signature", "its signature does not match: the manifest was changed after signing"
 
 
 # Ids and retention ---------------------------------------------------------------------------
@@ -771,25 +918,34 @@ def record_champion_samples(
     samples = []
     with mlflow_uris(tracking_uri), tempfile.TemporaryDirectory() as tmp:
         for i, champ in enumerate(champions):
-            model, local = _load_version(champ["model"], champ["version"], Path(tmp) / str(i))
-            example = Model.load(local).load_input_example(local)
-            if example is None:
-                samples.append({**champ, "sample": None, "reason": "no input example logged"})
-                continue
-            example = example.head(rows)
-            # Score the rows as they come back from JSON, exactly as the check will later
-            # (JSON keeps every float's repr, so nothing is rounded on the way).
-            sample = json.loads(
-                json.dumps(
-                    {
-                        "columns": [str(c) for c in example.columns],
-                        "dtypes": {str(c): str(t) for c, t in example.dtypes.items()},
-                        "data": example.to_numpy().tolist(),
-                    }
-                )
-            )
-            samples.append({**champ, "sample": sample, "scores": _scores(model, _frame(sample))})
+            try:
+                samples.append(_champion_sample(champ, Path(tmp) / str(i), rows, Model))
+            except Exception as exc:  # noqa: BLE001 - one broken champion must not stop a backup
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                reason = f"does not load or score: {type(exc).__name__}: {first}".rstrip(": ")
+                samples.append({**champ, "sample": None, "reason": reason, "failed": True})
     return samples
+
+
+def _champion_sample(champ: dict[str, Any], folder: Path, rows: int, model_cls: Any) -> dict:
+    """One champion's sample rows and scores (raises when the champion cannot load or score)."""
+    model, local = _load_version(champ["model"], champ["version"], folder)
+    example = model_cls.load(local).load_input_example(local)
+    if example is None:
+        return {**champ, "sample": None, "reason": "no input example logged"}
+    example = example.head(rows)
+    # Score the rows as they come back from JSON, exactly as the check will later
+    # (JSON keeps every float's repr, so nothing is rounded on the way).
+    sample = json.loads(
+        json.dumps(
+            {
+                "columns": [str(c) for c in example.columns],
+                "dtypes": {str(c): str(t) for c, t in example.dtypes.items()},
+                "data": example.to_numpy().tolist(),
+            }
+        )
+    )
+    return {**champ, "sample": sample, "scores": _scores(model, _frame(sample))}
 
 
 def check_champion_samples(tracking_uri: str, samples: list[dict[str, Any]]) -> list[str]:
@@ -820,13 +976,15 @@ def create_backup(
     state: PlatformState,
     store: BackupStore,
     *,
+    key: BackupKey,
     kind: str = "manual",
     artifacts_mode: str = "auto",
     record_champions: bool = True,
     now: datetime | None = None,
     work_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Take a backup of the whole platform state into the backup store; its manifest."""
+    """Take a backup of the whole platform state into the backup store, signed with `key`;
+    its manifest. A champion that cannot load is a warning in the manifest, not a failure."""
     from importlib import metadata
 
     import mlflow
@@ -857,9 +1015,15 @@ def create_backup(
 
         mlflow_db = databases.get("mlflow", {})
         champions = mlflow_db.get("champions", [])
+        warnings: list[str] = []
         if record_champions and champions:
             samples = record_champion_samples(state.tracking_uri, champions)
             write_json_gz(staging / CHAMPIONS, samples)
+            warnings += [
+                f"champion {s['model']} v{s['version']} {s['reason']}: backed up, not checkable"
+                for s in samples
+                if s.get("failed")
+            ]
 
         counts: dict[str, int] = {}
         for info in databases.values():
@@ -891,18 +1055,26 @@ def create_backup(
             if record_champions
             else [],
             "files": files,
+            "warnings": warnings,
         }
-        # Data first, the manifest last: a backup without manifest.json is incomplete.
+        # Data first, then the signature, the manifest last: a backup without manifest.json
+        # is incomplete, and a complete one always has its signature.
         for name in files:
             store.put_file(f"{backup_id}/{name}", staging / name)
         manifest["seconds"] = round(time.perf_counter() - started, 2)
-        body = json.dumps(manifest, indent=2, sort_keys=True).encode()
-        store.put_bytes(f"{backup_id}/{MANIFEST_SUM}", hashlib.sha256(body).hexdigest().encode())
-        store.put_bytes(f"{backup_id}/{MANIFEST}", body)
+        write_manifest(store, manifest, key)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     manifest["size_bytes"] = sum(f["bytes"] for f in manifest["files"].values())
     return manifest
+
+
+def write_manifest(store: BackupStore, manifest: dict[str, Any], key: BackupKey) -> bytes:
+    """Store a backup's signature, then its manifest (which marks it complete); the bytes."""
+    body = json.dumps(manifest, indent=2, sort_keys=True).encode()
+    store.put_bytes(f"{manifest['id']}/{SIGNATURE}", key.signature(body))
+    store.put_bytes(f"{manifest['id']}/{MANIFEST}", body)
+    return body
 
 
 # List, verify, prune -------------------------------------------------------------------------
@@ -919,6 +1091,8 @@ def _ids(store: BackupStore) -> dict[str, set[str]]:
 
 
 def _is_id(text: str) -> bool:
+    if not ID_PATTERN.fullmatch(text):
+        return False
     try:
         backup_time(text)
     except InputError:
@@ -926,66 +1100,279 @@ def _is_id(text: str) -> bool:
     return True
 
 
-def read_manifest(store: BackupStore, backup_id: str) -> dict[str, Any]:
-    """A backup's manifest, after checking it against its sha256."""
-    key = f"{backup_id}/{MANIFEST}"
-    if not store.exists(key):
-        raise InputError(f"backup {backup_id} not found in {store.root} (or it is incomplete)")
-    body = store.get_bytes(key)
-    expected = store.get_bytes(f"{backup_id}/{MANIFEST_SUM}").decode().strip()
-    if hashlib.sha256(body).hexdigest() != expected:
-        raise InputError(f"backup {backup_id}: {MANIFEST} does not match {MANIFEST_SUM}")
-    return json.loads(body)
+def check_id(backup_id: str) -> str:
+    """A backup id, refused unless it is exactly one (it becomes part of every key read)."""
+    if not _is_id(backup_id):
+        raise InputError(f"{backup_id!r} is not a backup id (expected e.g. 20260101T020000Z-1a2b)")
+    return backup_id
 
 
-def list_backups(store: BackupStore) -> list[dict[str, Any]]:
-    """Complete backups, newest first, with their summary."""
-    rows = []
-    for backup_id, names in sorted(_ids(store).items(), reverse=True):
-        if MANIFEST not in names:
-            continue
-        manifest = json.loads(store.get_bytes(f"{backup_id}/{MANIFEST}"))
-        rows.append(
-            {
-                "id": backup_id,
-                "created_at": manifest["created_at"],
-                "kind": manifest.get("kind"),
-                "size_bytes": sum(f["bytes"] for f in manifest["files"].values()),
-                "counts": manifest["counts"],
-            }
+def check_member(name: Any, backup_id: str, what: str, prefix: str = "") -> str:
+    """A relative path inside an archive or listing, checked before any path is built from it:
+    no absolute path, no `..`, no backslash, nothing outside `prefix`."""
+    parts = name.split("/") if isinstance(name, str) else []
+    if (
+        not parts
+        or "\\" in name
+        or name.startswith("/")
+        or ":" in parts[0]
+        or any(p in {"", ".", ".."} for p in parts)
+        or any(ord(c) < 32 for c in name)
+        or not name.startswith(prefix)
+    ):
+        where = f" under {prefix}" if prefix else ""
+        raise InputError(f"backup {backup_id}: {what} holds {name!r}, not a relative path{where}")
+    return name
+
+
+def parse_manifest(body: bytes, backup_id: str) -> dict[str, Any]:
+    """The manifest as data, with format, schema, names and sections checked (InputError)."""
+    bad = f"backup {backup_id}: {MANIFEST}"
+    try:
+        manifest = json.loads(body)
+    except ValueError:
+        raise InputError(f"{bad} is not JSON") from None
+    if not isinstance(manifest, dict):
+        raise InputError(f"{bad} is not a JSON object")
+    fmt = manifest.get("format")
+    if fmt is None:
+        raise InputError(f"{bad} has no format")
+    if type(fmt) is not int or fmt not in READABLE_FORMATS:
+        raise InputError(
+            f"{bad} has format {fmt!r}; this Pynomaly reads formats "
+            f"{', '.join(map(str, READABLE_FORMATS))} (use the version that made it)"
         )
-    return rows
+    schema = manifest.get("schema")
+    if not isinstance(schema, dict) or "mlflow_alembic_revision" not in schema:
+        raise InputError(f"{bad} has no schema (mlflow_alembic_revision)")
+    if not isinstance(schema["mlflow_alembic_revision"], str | None):
+        raise InputError(f"{bad}: schema.mlflow_alembic_revision is not a revision")
+    if manifest.get("id") != backup_id:
+        raise InputError(f"{bad} belongs to backup {manifest.get('id')!r}")
+    for section, kind in (
+        ("created_at", str),
+        ("counts", dict),
+        ("files", dict),
+        ("databases", dict),
+        ("artifacts", dict),
+        ("champions", list),
+        ("platform", dict),
+    ):
+        if not isinstance(manifest.get(section), kind):
+            raise InputError(f"{bad} has no valid {section}")
+    files = manifest["files"]
+    for name, info in files.items():
+        if name not in BACKUP_FILES:
+            raise InputError(f"{bad} names {name!r}, which is not a backup file")
+        if not (
+            isinstance(info, dict)
+            and isinstance(info.get("sha256"), str)
+            and type(info.get("bytes")) is int
+        ):
+            raise InputError(f"{bad}: {name} has no sha256 and size")
+    for role, info in manifest["databases"].items():
+        if role not in DB_ROLES or not isinstance(info, dict):
+            raise InputError(f"{bad} holds an unknown database {role!r}")
+        if info.get("absent"):
+            continue
+        kind = info.get("kind")
+        if kind not in DB_FILES or info.get("file") != DB_FILES[kind].format(role=role):
+            raise InputError(f"{bad}: the {role} database names {info.get('file')!r}")
+        if info["file"] not in files:
+            raise InputError(f"{bad}: the {role} database's {info['file']} is not listed")
+    mode = manifest["artifacts"].get("mode")
+    archive = {"copy": ARTIFACTS_COPY, "listing": ARTIFACTS_LISTING}.get(mode)
+    if archive is None or archive not in files or EXPECTATIONS not in files:
+        raise InputError(f"{bad}: artifacts mode {mode!r} without its files")
+    if not isinstance(manifest["artifacts"].get("root_uri"), str):
+        raise InputError(f"{bad}: artifacts have no root_uri")
+    return manifest
+
+
+def read_manifest(
+    store: BackupStore,
+    backup_id: str,
+    key: BackupKey | None,
+    *,
+    trust_unsigned: bool = False,
+) -> dict[str, Any]:
+    """A backup's manifest, authenticated by its signature, then checked (InputError).
+
+    Refuses, before anything else of the backup is read: a missing or wrong signature, a
+    signature no key here can check, and (unless `trust_unsigned`) an unsigned backup.
+    """
+    check_id(backup_id)
+    key_ = f"{backup_id}/{MANIFEST}"
+    if not store.exists(key_):
+        raise InputError(f"backup {backup_id} not found in {store.root} (or it is incomplete)")
+    body = store.get_bytes(key_)
+    sig_key, sum_key = f"{backup_id}/{SIGNATURE}", f"{backup_id}/{MANIFEST_SUM}"
+    signature = store.get_bytes(sig_key) if store.exists(sig_key) else None
+    legacy = store.get_bytes(sum_key) if signature is None and store.exists(sum_key) else None
+    status, problem = signature_status(body, signature, key, legacy)
+    if status == "unchecked":
+        raise InputError(
+            f"backup {backup_id} is signed but there is no backup key here: set {KEY_ENV} "
+            "to the key that signed it"
+        )
+    if status == "unsigned" and not trust_unsigned:
+        raise InputError(
+            f"backup {backup_id} is {problem}: refused (restore --trust-unsigned takes it "
+            "if you know where it came from)"
+        )
+    if status not in {"ok", "unsigned"}:
+        raise InputError(f"backup {backup_id} is refused: {problem}")
+    manifest = parse_manifest(body, backup_id)
+    manifest["signed"] = status == "ok"
+    return manifest
+
+
+def inspect_backup(store: BackupStore, backup_id: str, key: BackupKey | None) -> dict[str, Any]:
+    """One backup's summary with its status; a bad backup is described, never raised."""
+    row: dict[str, Any] = {"id": backup_id, "status": "unreadable", "problem": None}
+    row |= {"created_at": backup_time(backup_id).isoformat(), "kind": None, "size_bytes": None}
+    row |= {"counts": {}, "warnings": []}
+    try:
+        body = store.get_bytes(f"{backup_id}/{MANIFEST}")
+        names = {k.rpartition("/")[2] for k in store.list(f"{backup_id}/")}
+        signature = store.get_bytes(f"{backup_id}/{SIGNATURE}") if SIGNATURE in names else None
+        legacy = None
+        if signature is None and MANIFEST_SUM in names:
+            legacy = store.get_bytes(f"{backup_id}/{MANIFEST_SUM}")
+        status, problem = signature_status(body, signature, key, legacy)
+        if status in {"ok", "unchecked", "unsigned"}:
+            try:
+                manifest = parse_manifest(body, backup_id)
+            except InputError as exc:
+                status, problem = "malformed", str(exc).removeprefix(f"backup {backup_id}: ")
+            else:
+                row |= {
+                    "created_at": manifest["created_at"],
+                    "kind": manifest.get("kind"),
+                    "size_bytes": sum(f["bytes"] for f in manifest["files"].values()),
+                    "counts": manifest["counts"],
+                    "warnings": manifest.get("warnings", []),
+                }
+        row |= {"status": status, "problem": problem}
+    except Exception as exc:  # noqa: BLE001 - one unreadable backup is reported, not fatal
+        row["problem"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}"
+    return row
+
+
+def list_backups(store: BackupStore, key: BackupKey | None = None) -> list[dict[str, Any]]:
+    """Complete backups (those with a manifest), newest first, each with its status.
+
+    Without a key, signed backups show as "unchecked": their signature is not verified.
+    """
+    return [
+        inspect_backup(store, backup_id, key)
+        for backup_id, names in sorted(_ids(store).items(), reverse=True)
+        if MANIFEST in names
+    ]
 
 
 def resolve_backup_id(store: BackupStore, backup_id: str) -> str:
-    """`latest` -> the newest complete backup's id; other ids as given."""
+    """`latest` -> the newest complete backup's id; other ids as given (checked)."""
     if backup_id != "latest":
-        backup_time(backup_id)
-        return backup_id
+        return check_id(backup_id)
     complete = sorted(i for i, names in _ids(store).items() if MANIFEST in names)
     if not complete:
         raise InputError(f"no backups in {store.root}")
     return complete[-1]
 
 
-def verify_backup(store: BackupStore, backup_id: str, folder: Path) -> dict[str, Any]:
-    """Fetch a backup into `folder` and check every file's sha256; its manifest.
+def archive_members(path: Path, backup_id: str, prefix: str = "") -> dict[str, int]:
+    """name -> size of the files in a backup's tar.gz, every member checked (InputError):
+    regular files and folders only, each a relative path under `prefix`."""
+    found: dict[str, int] = {}
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            for member in tar.getmembers():
+                check_member(member.name, backup_id, path.name, prefix)
+                if member.isdir():
+                    continue
+                if not member.isfile():
+                    raise InputError(
+                        f"backup {backup_id}: {path.name} holds {member.name!r}, "
+                        "which is not a regular file"
+                    )
+                found[member.name] = member.size
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise InputError(
+            f"backup {backup_id}: {path.name} is not a readable archive: {exc}"
+        ) from None
+    return found
 
-    Any missing, truncated or altered file is an InputError naming it.
+
+def check_staged(manifest: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """Read every verified file's content list and check it (names, types) before any of it is
+    written anywhere; what they hold: {artifacts, suites, listing, champions}."""
+    backup_id = manifest["id"]
+    staged: dict[str, Any] = {
+        "suites": archive_members(folder / EXPECTATIONS, backup_id, "expectations/")
+    }
+    if manifest["artifacts"]["mode"] == "listing":
+        listing = read_json_gz(folder / ARTIFACTS_LISTING)
+        if not isinstance(listing, list):
+            raise InputError(f"backup {backup_id}: {ARTIFACTS_LISTING} is not a listing")
+        for obj in listing:
+            if not (
+                isinstance(obj, dict)
+                and type(obj.get("size")) is int
+                and isinstance(obj.get("version_id"), str)
+            ):
+                raise InputError(f"backup {backup_id}: {ARTIFACTS_LISTING} has a bad entry")
+            check_member(obj.get("key"), backup_id, ARTIFACTS_LISTING)
+        staged["listing"] = listing
+        staged["artifacts"] = {o["key"]: o["size"] for o in listing}
+    else:
+        staged["artifacts"] = archive_members(folder / ARTIFACTS_COPY, backup_id)
+    champions = read_json_gz(folder / CHAMPIONS) if CHAMPIONS in manifest["files"] else []
+    if not isinstance(champions, list) or not all(
+        isinstance(c, dict)
+        and isinstance(c.get("model"), str)
+        and type(c.get("version")) is int
+        and isinstance(c.get("sample"), dict | None)
+        for c in champions
+    ):
+        raise InputError(f"backup {backup_id}: {CHAMPIONS} is not a list of champion samples")
+    staged["champions"] = champions
+    return staged
+
+
+def verify_backup(
+    store: BackupStore,
+    backup_id: str,
+    folder: Path,
+    key: BackupKey | None,
+    *,
+    trust_unsigned: bool = False,
+) -> dict[str, Any]:
+    """Authenticate a backup's manifest, fetch every file into `folder`, check its sha256 and
+    what the archives hold; the manifest.
+
+    A missing or wrong signature, an unknown format, a bad name, or any missing, truncated or
+    altered file is an InputError naming it; nothing is unpacked or loaded here.
     """
-    manifest = read_manifest(store, backup_id)
+    manifest = read_manifest(store, backup_id, key, trust_unsigned=trust_unsigned)
     folder.mkdir(parents=True, exist_ok=True)
     for name, expected in sorted(manifest["files"].items()):
-        key = f"{backup_id}/{name}"
-        if not store.exists(key):
+        key_ = f"{backup_id}/{name}"
+        if not store.exists(key_):
             raise InputError(f"backup {backup_id}: {name} is missing")
-        path = store.download(key, folder / name)
+        path = store.download(key_, folder / name)  # a name from BACKUP_FILES: no traversal
         size, digest = path.stat().st_size, sha256_of(path)
         if digest != expected["sha256"]:
             raise InputError(
                 f"backup {backup_id}: {name} is corrupted (sha256 {digest[:12]}…, expected "
                 f"{expected['sha256'][:12]}…; {size} bytes, expected {expected['bytes']})"
             )
+    try:
+        check_staged(manifest, folder)
+    except (ValueError, OSError, EOFError) as exc:
+        if isinstance(exc, InputError):
+            raise
+        raise InputError(f"backup {backup_id}: a file does not read back: {exc}") from None
     return manifest
 
 
@@ -1028,31 +1415,23 @@ def check_restored(state: PlatformState, manifest: dict[str, Any], folder: Path)
             found.update(read_counts(db)["counts"])
     # Files count when they are back with the size they had.
     restored = store_objects(state.artifacts)
-    wanted = _artifact_sizes(manifest, folder)
+    staged = check_staged(manifest, folder)
+    wanted = staged["artifacts"]
     found["artifacts"] = sum(1 for k, size in wanted.items() if restored.get(k) == size)
-    with tarfile.open(folder / EXPECTATIONS, "r:gz") as tar:
-        suites = {m.name: m.size for m in tar.getmembers() if m.isfile()}
+    suites = staged["suites"]
     found["expectation_suites"] = sum(1 for k, size in suites.items() if restored.get(k) == size)
     problems = [
         f"{name}: backup has {value}, restored state has {found.get(name)}"
         for name, value in sorted(expected.items())
         if found.get(name) != value
     ]
-    samples = read_json_gz(folder / CHAMPIONS) if (folder / CHAMPIONS).exists() else []
+    samples = staged["champions"]
     problems += check_champion_samples(state.tracking_uri, samples)
     return {
         "counts": found,
         "champions_checked": sum(1 for s in samples if s.get("sample") is not None),
         "problems": problems,
     }
-
-
-def _artifact_sizes(manifest: dict[str, Any], folder: Path) -> dict[str, int]:
-    """key -> size of every artifact file the backup holds."""
-    if manifest["artifacts"]["mode"] == "listing":
-        return {o["key"]: o["size"] for o in read_json_gz(folder / ARTIFACTS_LISTING)}
-    with tarfile.open(folder / ARTIFACTS_COPY, "r:gz") as tar:
-        return {m.name: m.size for m in tar.getmembers() if m.isfile()}
 
 
 def _check_schema(manifest: dict[str, Any]) -> bool:
@@ -1068,25 +1447,41 @@ def _check_schema(manifest: dict[str, Any]) -> bool:
     return revision != mlflow_head_revision()
 
 
-def apply_backup(state: PlatformState, manifest: dict[str, Any], folder: Path) -> dict[str, Any]:
-    """Write verified backup files over a state: databases, artifacts, suites, migrations."""
-    migrate = _check_schema(manifest)
+def check_applicable(state: PlatformState, manifest: dict[str, Any]) -> bool:
+    """Refuse, before anything is written, a backup this state cannot take: a database the
+    platform lacks or of another kind, S3 versions into a local store, a newer MLflow schema.
+    Whether the MLflow schema needs migrating."""
     dbs = state.databases()
-    restored = []
     for role, info in manifest["databases"].items():
         if info.get("absent"):
             continue
         if role not in dbs:
             raise InputError(f"the backup holds a {role} database the platform is not set up for")
+        if info["kind"] != dbs[role].kind:
+            raise InputError(
+                f"the backup holds a {info['kind']} {role} database but the platform uses "
+                f"{dbs[role].kind}"
+            )
+    if manifest["artifacts"]["mode"] == "listing" and not state.artifacts.is_s3:
+        raise InputError("the backup lists S3 object versions but the artifact store is local")
+    return _check_schema(manifest)
+
+
+def apply_backup(state: PlatformState, manifest: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """Write verified, staged backup files over a state: databases, artifacts, suites,
+    migrations (everything checkable is checked first)."""
+    migrate = check_applicable(state, manifest)
+    staged = check_staged(manifest, folder)
+    dbs = state.databases()
+    restored = []
+    for role, info in manifest["databases"].items():
+        if info.get("absent"):
+            continue
         restore_database(dbs[role], folder / info["file"], info["kind"])
         restored.append(role)
     report: dict[str, Any] = {"databases": restored}
     if manifest["artifacts"]["mode"] == "listing":
-        if not state.artifacts.is_s3:
-            raise InputError("the backup lists S3 object versions but the artifact store is local")
-        report["artifact_versions_restored"] = restore_versions(
-            state.artifacts, read_json_gz(folder / ARTIFACTS_LISTING)
-        )
+        report["artifact_versions_restored"] = restore_versions(state.artifacts, staged["listing"])
     else:
         report["artifacts_written"] = len(unpack_into(state.artifacts, folder / ARTIFACTS_COPY))
     report["expectation_suites_written"] = len(unpack_into(state.artifacts, folder / EXPECTATIONS))
@@ -1103,20 +1498,37 @@ def restore_backup(
     store: BackupStore,
     backup_id: str = "latest",
     *,
+    key: BackupKey | None,
+    trust_unsigned: bool = False,
     safety_backup: bool = True,
     work_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Verify a backup, back up the current state, restore over it and check the result."""
+    """Verify a backup, back up the current state, restore over it and check the result.
+
+    Everything is authenticated, fetched, checksummed and checked in a staging folder (removed
+    on every exit) before any live database or artifact is written. An unsigned backup is
+    refused unless `trust_unsigned`.
+    """
     started = time.perf_counter()
     backup_id = resolve_backup_id(store, backup_id)
+    if safety_backup and key is None:
+        raise InputError(
+            f"restoring backup {backup_id} backs up the current state first, signed: set {KEY_ENV}"
+        )
     with tempfile.TemporaryDirectory(prefix="pynomaly-restore-", dir=work_dir) as tmp:
         folder = Path(tmp)
-        manifest = verify_backup(store, backup_id, folder)  # refuses before touching anything
-        _check_schema(manifest)
-        report: dict[str, Any] = {"id": backup_id}
+        # Refuses before touching anything: signature, format, names, checksums, archives.
+        manifest = verify_backup(store, backup_id, folder, key, trust_unsigned=trust_unsigned)
+        check_applicable(state, manifest)
+        report: dict[str, Any] = {"id": backup_id, "signed": manifest["signed"]}
         if safety_backup:
             before = create_backup(
-                state, store, kind="pre-restore", record_champions=False, work_dir=work_dir
+                state,
+                store,
+                key=key,
+                kind="pre-restore",
+                record_champions=False,
+                work_dir=work_dir,
             )
             report["pre_restore_backup"] = before["id"]
         report.update(apply_backup(state, manifest, folder))
@@ -1184,11 +1596,14 @@ def drill_restore(
     store: BackupStore,
     backup_id: str = "latest",
     *,
+    key: BackupKey | None,
     work_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Restore a backup into scratch databases and folders, check it, and clean up.
 
-    Live state is only read (a listing-mode backup fetches its S3 object versions).
+    Only a backup whose signature checks out under `key` is restored (its champions are
+    loaded, so unpickled); live state is only read (a listing-mode backup fetches its S3
+    object versions).
     """
     started = time.perf_counter()
     backup_id = resolve_backup_id(store, backup_id)
@@ -1199,7 +1614,7 @@ def drill_restore(
         (folder / "state").mkdir()
         pg_scratch = [d for d in scratch.databases().values() if d.kind == "postgresql"]
         try:
-            manifest = verify_backup(store, backup_id, folder / "backup")
+            manifest = verify_backup(store, backup_id, folder / "backup", key)
             listing_mode = manifest["artifacts"]["mode"] == "listing"
             drill_manifest = manifest
             if listing_mode:

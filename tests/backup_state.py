@@ -8,9 +8,13 @@ through the settings each one makes.
 from __future__ import annotations
 
 import hashlib
+import io
+import json
+import tarfile
 import threading
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -80,10 +84,53 @@ def build_state(settings: Settings, batch_rows: tuple[int, int]) -> None:
     store.put_bytes("datasets/alpha/abc.parquet", b"bytes standing in for a snapshot")
 
 
-def parts(settings: Settings) -> tuple[backup.PlatformState, backup.BackupStore]:
-    """The platform state and the backup store the settings name."""
+def parts(
+    settings: Settings,
+) -> tuple[backup.PlatformState, backup.BackupStore, backup.BackupKey]:
+    """The platform state, the backup store the settings name, and its signing key."""
     store = backup.backup_store(settings.backup_store_root, settings.s3_endpoint_url)
-    return backup.platform_state(settings), store
+    return backup.platform_state(settings), store, backup.backup_key(settings, store, create=True)
+
+
+def stored_manifest(store: backup.BackupStore, backup_id: str) -> dict[str, Any]:
+    """A backup's manifest as stored (no checks): what an attacker or a test edits."""
+    return json.loads(store.get_bytes(f"{backup_id}/{backup.MANIFEST}"))
+
+
+def replace_file(
+    store: backup.BackupStore, manifest: dict[str, Any], name: str, path: Path
+) -> dict[str, Any]:
+    """Put `path` in place of a backup's file and record its sha256 and size in `manifest`
+    (what whoever can write the backup store can do; signing is left to the caller)."""
+    store.put_file(f"{manifest['id']}/{name}", path)
+    manifest["files"][name] = {"sha256": backup.sha256_of(path), "bytes": path.stat().st_size}
+    return manifest
+
+
+def reseal_with_sha256(store: backup.BackupStore, manifest: dict[str, Any]) -> None:
+    """Write a changed manifest with a recomputed manifest.sha256 (the old scheme's seal),
+    leaving whatever signature is there."""
+    body = json.dumps(manifest, indent=2, sort_keys=True).encode()
+    store.put_bytes(
+        f"{manifest['id']}/{backup.MANIFEST_SUM}", hashlib.sha256(body).hexdigest().encode()
+    )
+    store.put_bytes(f"{manifest['id']}/{backup.MANIFEST}", body)
+
+
+def rewrite_archive(
+    src: Path, dest: Path, replace: dict[str, bytes], extra: tuple[tarfile.TarInfo, ...] = ()
+) -> Path:
+    """Copy a backup's tar.gz with some members' content replaced and `extra` members added."""
+    with tarfile.open(src, "r:gz") as tin, tarfile.open(dest, "w:gz") as tout:
+        for member in tin.getmembers():
+            if member.name in replace:
+                member.size = len(replace[member.name])
+                tout.addfile(member, io.BytesIO(replace[member.name]))
+            else:
+                tout.addfile(member, tin.extractfile(member) if member.isfile() else None)
+        for info in extra:
+            tout.addfile(info, io.BytesIO(b"x" * info.size) if info.isfile() else None)
+    return dest
 
 
 def snapshot(settings: Settings) -> dict[str, Any]:
@@ -118,7 +165,7 @@ def backup_while_scoring(
     A write failing with a `busy` error (SQLite locked while the backup reads) is retried; any
     other failure fails the test. Asserts that scoring ran during the backup and after it.
     """
-    state, store = parts(settings)
+    state, store, key = parts(settings)
     engine = results_engine(settings.results_url)
     stop = threading.Event()
     writes: list[float] = []
@@ -147,7 +194,7 @@ def backup_while_scoring(
         while len(writes) < 3 and not failures:
             time.sleep(0.01)
         started = time.monotonic()
-        manifest = backup.create_backup(state, store, record_champions=False)
+        manifest = backup.create_backup(state, store, key=key, record_champions=False)
         finished = time.monotonic()
         while not failures and not any(w > finished for w in writes):
             time.sleep(0.01)
@@ -174,3 +221,32 @@ def batch_counts(settings: Settings) -> pd.DataFrame:
     )
     engine.dispose()
     return per_batch
+
+
+class _MakesMarker:
+    """Unpickling this creates a folder: stands in for any code a tampered pickle would run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        import os
+
+        return (os.mkdir, (self.marker,))
+
+
+def tamper_models(
+    store: backup.BackupStore, backup_id: str, work: Path, marker: Path
+) -> dict[str, Any]:
+    """Swap every python_model.pkl in a backup's artifact copy for a pickle that creates
+    `marker` when loaded; the stored manifest with the new file's sha256 (not yet written)."""
+    import pickle
+
+    work.mkdir(parents=True, exist_ok=True)
+    src = store.download(f"{backup_id}/{backup.ARTIFACTS_COPY}", work / "original.tar.gz")
+    with tarfile.open(src, "r:gz") as tar:
+        models = [m.name for m in tar.getmembers() if m.name.endswith("/python_model.pkl")]
+    assert models, "the backup holds no pickled model to tamper with"
+    payload = pickle.dumps(_MakesMarker(marker))
+    evil = rewrite_archive(src, work / "tampered.tar.gz", dict.fromkeys(models, payload))
+    return replace_file(store, stored_manifest(store, backup_id), backup.ARTIFACTS_COPY, evil)

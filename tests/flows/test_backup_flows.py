@@ -50,3 +50,41 @@ def test_backup_flow_then_drill_flow(platform_home: Path, monkeypatch: pytest.Mo
     assert report["id"] == result["id"]
     assert report["verification"]["counts"]["detection_rows"] == 25
     assert report["verification"]["problems"] == []
+
+
+def test_backup_create_with_a_broken_champion_succeeds_and_reports_it(
+    platform_home: Path,
+) -> None:
+    import json
+
+    from backup_state import log_versions
+    from typer.testing import CliRunner
+
+    from deployments.backup_cli import backup_app
+    from registry.versions import client
+
+    settings = get_settings()
+    platform_home.mkdir(parents=True)
+    log_versions(settings, "alpha", 1)
+    log_versions(settings, "beta", 1)
+    location = client(settings.mlflow_tracking_uri).get_model_version_download_uri("beta", "1")
+    (Path(location.removeprefix("file://")) / "MLmodel").unlink()  # beta's champion is broken
+
+    get_settings.cache_clear()
+    result = CliRunner().invoke(backup_app, ["create", "--json"])
+
+    assert result.exit_code == 0, result.output
+    created = json.loads(result.stdout)
+    (warning,) = created["warnings"]
+    assert warning.startswith("champion beta v1 does not load or score: ")
+    assert created["counts"]["model_versions"] == 2  # everything else was backed up
+    store = backup.backup_store(settings.backup_store_root)
+    key = backup.backup_key(settings, store)
+    assert [(b["id"], b["status"], b["warnings"]) for b in backup.list_backups(store, key)] == [
+        (created["id"], "ok", [warning])
+    ]
+
+    get_settings.cache_clear()
+    shown = CliRunner().invoke(backup_app, ["create"])
+    assert shown.exit_code == 0, shown.output
+    assert "warning 1" in shown.stdout and "champion beta v1" in " ".join(shown.stdout.split())

@@ -39,6 +39,8 @@ def platform(pg_server: Any, s3_endpoint: str, s3_bucket: str, tmp_path, monkeyp
         "MLFLOW_S3_ENDPOINT_URL": s3_endpoint,
         # Dropping a database kills its connections; unpooled MLflow sessions reconnect.
         "MLFLOW_SQLALCHEMYSTORE_POOLCLASS": "NullPool",
+        # An S3 backup store is signed with a key from the environment (a secret store's).
+        "PYNOMALY_BACKUP_KEY": uuid.uuid4().hex + uuid.uuid4().hex,
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
@@ -90,10 +92,10 @@ def test_postgres_s3_backup_drill_destroy_restore_is_identical(
     platform: Settings, pg_server: Any
 ) -> None:
     build_state(platform)
-    state, store = backup_state.parts(platform)
+    state, store, key = backup_state.parts(platform)
     before = snapshot(platform)
 
-    manifest = backup.create_backup(state, store)
+    manifest = backup.create_backup(state, store, key=key)
 
     assert manifest["artifacts"]["mode"] == "copy"  # the bucket is not versioned
     taken = {role: i["kind"] for role, i in manifest["databases"].items() if not i.get("absent")}
@@ -115,17 +117,18 @@ def test_postgres_s3_backup_drill_destroy_restore_is_identical(
     bucket, prefix = backup.split_s3_uri(store.uri(manifest["id"]))
     client = s3_client(platform.s3_endpoint_url)
     keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]]
-    assert len(keys) == len(manifest["files"]) + 2
-    for key in keys:
-        assert client.head_object(Bucket=bucket, Key=key)["ServerSideEncryption"] == "AES256"
+    assert len(keys) == len(manifest["files"]) + 2  # + manifest.json and manifest.sig
+    for object_key in keys:
+        head = client.head_object(Bucket=bucket, Key=object_key)
+        assert head["ServerSideEncryption"] == "AES256"
 
-    drill = backup.drill_restore(state, store, "latest")
+    drill = backup.drill_restore(state, store, "latest", key=key)
     assert drill["verification"]["champions_checked"] == 2
     assert drill_databases(pg_server) == []  # scratch databases dropped
     assert snapshot(platform)["models"] == before["models"]
 
     destroy(platform, pg_server)
-    report = backup.restore_backup(state, store, manifest["id"])
+    report = backup.restore_backup(state, store, manifest["id"], key=key)
 
     after = snapshot(platform)
     assert after["models"] == before["models"]
@@ -142,10 +145,10 @@ def test_versioned_bucket_is_listed_and_restored_by_version(
     client = s3_client(platform.s3_endpoint_url)
     client.put_bucket_versioning(Bucket=s3_bucket, VersioningConfiguration={"Status": "Enabled"})
     build_state(platform)
-    state, store = backup_state.parts(platform)
+    state, store, key = backup_state.parts(platform)
     before = snapshot(platform)
 
-    manifest = backup.create_backup(state, store)
+    manifest = backup.create_backup(state, store, key=key)
     assert manifest["artifacts"]["mode"] == "listing"
     assert "artifacts-listing.json.gz" in manifest["files"]
     assert "artifacts.tar.gz" not in manifest["files"]
@@ -153,10 +156,10 @@ def test_versioned_bucket_is_listed_and_restored_by_version(
     # Overwrite one object, then delete everything (delete markers) and drop the databases.
     platform.store().put_bytes("datasets/alpha/abc.parquet", b"changed after the backup")
     destroy(platform, pg_server)
-    drill = backup.drill_restore(state, store, manifest["id"])  # reads old versions only
+    drill = backup.drill_restore(state, store, manifest["id"], key=key)  # reads old versions only
     assert drill["verification"]["champions_checked"] == 2
 
-    report = backup.restore_backup(state, store, manifest["id"])
+    report = backup.restore_backup(state, store, manifest["id"], key=key)
 
     assert report["artifact_versions_restored"] == len(before["files"])
     after = snapshot(platform)
@@ -167,16 +170,16 @@ def test_versioned_bucket_is_listed_and_restored_by_version(
 
 def test_damaged_backup_in_s3_is_refused(platform: Settings) -> None:
     build_state(platform)
-    state, store = backup_state.parts(platform)
-    manifest = backup.create_backup(state, store, record_champions=False)
-    key = f"{manifest['id']}/mlflow.pgdump"
-    store.put_bytes(key, store.get_bytes(key)[:-100])
+    state, store, key = backup_state.parts(platform)
+    manifest = backup.create_backup(state, store, key=key, record_champions=False)
+    victim = f"{manifest['id']}/mlflow.pgdump"
+    store.put_bytes(victim, store.get_bytes(victim)[:-100])
     engine = results_engine(platform.results_url)
     backup_state.score_rows(engine, "after-backup", 10)
     engine.dispose()
 
     with pytest.raises(InputError, match=r"mlflow\.pgdump is corrupted"):
-        backup.restore_backup(state, store, manifest["id"])
+        backup.restore_backup(state, store, manifest["id"], key=key)
 
     assert [b["id"] for b in backup.list_backups(store)] == [manifest["id"]]
     engine = sa.create_engine(platform.results_url, poolclass=sa.NullPool)
@@ -210,11 +213,52 @@ def test_backup_during_postgres_scoring_restores_whole_batches(
 ) -> None:
     rows_per_batch = 20_000
     manifest = backup_state.backup_while_scoring(platform, rows_per_batch, batches=3)
-    state, store = backup_state.parts(platform)
+    state, store, key = backup_state.parts(platform)
 
-    backup.restore_backup(state, store, manifest["id"], safety_backup=False)
+    backup.restore_backup(state, store, manifest["id"], key=key, safety_backup=False)
 
     per_batch = backup_state.batch_counts(platform)
     assert len(per_batch) >= 1
     assert (per_batch.n == rows_per_batch).all() and (per_batch.summarised == per_batch.n).all()
     assert per_batch.n.sum() == manifest["counts"]["detection_rows"]
+
+
+def test_tampered_backup_in_s3_is_refused_and_its_payload_never_runs(
+    platform: Settings, tmp_path
+) -> None:
+    build_state(platform)
+    state, store, key = backup_state.parts(platform)
+    manifest = backup.create_backup(state, store, key=key)
+    marker = tmp_path / "payload-ran"
+    tampered = backup_state.tamper_models(store, manifest["id"], tmp_path / "attacker", marker)
+    backup_state.reseal_with_sha256(store, tampered)
+    engine = results_engine(platform.results_url)
+    backup_state.score_rows(engine, "after-backup", 10)
+    engine.dispose()
+    live = snapshot(platform)
+
+    for attempt in (
+        lambda: backup.verify_backup(store, manifest["id"], tmp_path / "verify", key),
+        lambda: backup.restore_backup(state, store, manifest["id"], key=key),
+        lambda: backup.drill_restore(state, store, "latest", key=key),
+    ):
+        with pytest.raises(InputError, match=f"backup {manifest['id']} .*signature does not"):
+            attempt()
+
+    assert not marker.exists()
+    after = snapshot(platform)
+    assert after["models"] == live["models"] and after["trials"] == live["trials"]
+    pd.testing.assert_frame_equal(after["rows"], live["rows"])
+    assert [(b["id"], b["status"]) for b in backup.list_backups(store, key)] == [
+        (manifest["id"], "bad-signature")
+    ]
+
+
+def test_s3_backups_need_the_key_from_the_environment(
+    platform: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = backup.backup_store(platform.backup_store_root, platform.s3_endpoint_url)
+    monkeypatch.delenv("PYNOMALY_BACKUP_KEY")
+    with pytest.raises(InputError, match="set PYNOMALY_BACKUP_KEY"):
+        backup.backup_key(platform, store, create=True)
+    assert not (platform.home_dir / backup.KEY_FILE).exists()  # never a key file for S3
