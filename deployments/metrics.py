@@ -307,20 +307,24 @@ class Backups:
 
     count: int
     newest: datetime | None
+    unusable: tuple[str, ...] = ()  # "id (status)" of malformed, unsigned or altered backups
 
     def newest_age_seconds(self, now: datetime) -> float | None:
         return (now - self.newest).total_seconds() if self.newest else None
 
 
 def read_backups(root: str, endpoint_url: str | None) -> Backups:
-    """Count and newest creation time of the complete backups (those with a manifest)."""
+    """Count and newest creation time of the usable backups (a well-formed, signed manifest;
+    signatures are checked by verify and the drill, which hold the key); the others named."""
     from tasks import backup
 
     if not root.startswith("s3://") and not Path(root).is_dir():
         return Backups(0, None)  # no backup taken yet: the folder appears with the first
     listed = backup.list_backups(backup.backup_store(root, endpoint_url))
-    newest = max((_utc(b["created_at"]) for b in listed), default=None)
-    return Backups(len(listed), newest)
+    usable = [b for b in listed if b["status"] in backup.USABLE_STATUSES]
+    newest = max((_utc(b["created_at"]) for b in usable), default=None)
+    bad = tuple(f"{b['id']} ({b['status']})" for b in listed if b not in usable)
+    return Backups(len(usable), newest, bad)
 
 
 # Collector -----------------------------------------------------------------------------------
@@ -518,12 +522,15 @@ def health_report(
     def newest_backup() -> str:
         found = read_backups(sources.backup_root, sources.s3_endpoint_url)
         age = found.newest_age_seconds(now)
+        bad = f"; unusable: {', '.join(found.unusable)}" if found.unusable else ""
         if age is None:
-            raise InputError(f"no complete backup in {sources.backup_root}")
+            raise InputError(f"no complete backup in {sources.backup_root}{bad}")
         hours = age / 3600
         if hours > max_backup_age_hours:
-            raise InputError(f"newest backup is {hours:.1f} h old (limit {max_backup_age_hours} h)")
-        return f"newest backup {hours:.1f} h old, {found.count} backup(s)"
+            raise InputError(
+                f"newest backup is {hours:.1f} h old (limit {max_backup_age_hours} h){bad}"
+            )
+        return f"newest backup {hours:.1f} h old, {found.count} backup(s){bad}"
 
     checks = {
         "results_db": _check(results_db),
