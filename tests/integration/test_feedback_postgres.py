@@ -1,4 +1,6 @@
-"""Analyst feedback on PostgreSQL 15: upserts, all-or-nothing files, newest label, precision."""
+"""Analyst feedback on PostgreSQL 15: upserts, all-or-nothing files, newest label, precision;
+and the whole scenario (feedback changes a gate decision, feeds a retrain) on a PostgreSQL
+results DB."""
 
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ from tasks.feedback import (
     record_feedback_file,
 )
 from tasks.results import replace_batch
+
+pytestmark = pytest.mark.integration
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 
@@ -108,3 +112,22 @@ def test_feedback_on_postgres(pg_url: str, tmp_path: Path) -> None:
     url = engine.url.render_as_string(hide_password=False)
     extra = write(tmp_path, "extra.csv", [("b1", 3, 0)])
     assert record_feedback_file(url, extra, "cy")["written"] == 2
+
+
+def test_feedback_scenario_on_a_postgres_results_db(
+    pg_url: str, platform_home: Path, prefect_harness: None, tmp_path: Path, monkeypatch
+) -> None:
+    from feedback_scenario import feedback_scenario
+
+    from deployments.settings import get_settings
+
+    monkeypatch.setenv("PYNOMALY_RESULTS_DB_URL", pg_url)
+    get_settings.cache_clear()
+    feedback_scenario(tmp_path)
+    engine = sa.create_engine(pg_url)
+    with engine.connect() as conn:
+        labelled = conn.execute(sa.text("SELECT count(*) FROM detection_feedback")).scalar()
+        snapshots = conn.execute(sa.text("SELECT count(*) FROM batch_snapshots")).scalar()
+    engine.dispose()
+    assert labelled > 0 and snapshots == 1
+    assert not (platform_home / "results.db").exists()  # nothing went to the embedded DB
