@@ -7,10 +7,12 @@ Shared by tests/unit/test_results.py (SQLite) and tests/integration/test_results
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
+import pytest
 import sqlalchemy as sa
 
 old_metadata = sa.MetaData()
@@ -113,3 +115,22 @@ def expected_summaries(rows: pd.DataFrame) -> dict[tuple, tuple]:
 
 def primary_key(engine: sa.Engine, table: str) -> list[str]:
     return sa.inspect(engine).get_pk_constraint(table)["constrained_columns"]
+
+
+def racing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make two migrate_results_key calls both pass the first, unlocked check before either
+    migrates, so the check repeated under the lock is what keeps the second from migrating."""
+    import tasks.results
+
+    original = tasks.results.outdated_tables
+    barrier = threading.Barrier(2, timeout=30)
+    first_check = threading.local()
+
+    def outdated(conn: sa.Connection) -> list[sa.Table]:
+        found = original(conn)
+        if not getattr(first_check, "done", False):
+            first_check.done = True
+            barrier.wait()
+        return found
+
+    monkeypatch.setattr(tasks.results, "outdated_tables", outdated)

@@ -4,13 +4,20 @@ migration of a results DB keyed by batch_id alone."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy as sa
-from old_results import create_old_results_db, expected_summaries, primary_key, read_rows
+from old_results import (
+    create_old_results_db,
+    expected_summaries,
+    primary_key,
+    racing,
+    read_rows,
+)
 
 from tasks.results import (
     batch_counts,
@@ -100,3 +107,16 @@ def test_old_results_db_is_migrated_in_place_on_postgres(pg_url: str) -> None:
     assert batch_counts(engine, "b1", model_name="m1", model_version=9) == (400, 50)
     assert total(engine) == len(written) + 400
     engine.dispose()
+
+
+def test_two_openers_migrate_once_on_postgres(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    written = create_old_results_db(pg_url)
+    engines = [sa.create_engine(pg_url), sa.create_engine(pg_url)]
+    racing(monkeypatch)
+    with ThreadPoolExecutor(2) as pool:
+        migrated = list(pool.map(migrate_results_key, engines))
+    assert sorted(migrated, key=len) == [[], ["detection_results", "detection_batches"]]
+    assert primary_key(engines[0], "detection_results")[-1] == "row_index"
+    pd.testing.assert_frame_equal(read_rows(engines[0]), written)
+    for engine in engines:
+        engine.dispose()

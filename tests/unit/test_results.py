@@ -4,6 +4,7 @@ or half-written, and never touched by another model or version; older DBs migrat
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -11,7 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy as sa
-from old_results import create_old_results_db, expected_summaries, primary_key, read_rows
+from old_results import (
+    create_old_results_db,
+    expected_summaries,
+    primary_key,
+    racing,
+    read_rows,
+)
 
 from tasks.results import (
     batch_counts,
@@ -183,3 +190,18 @@ def test_failed_migration_leaves_the_old_db_as_it_was(
     assert sa.inspect(engine).get_table_names() == ["detection_batches", "detection_results"]
     pd.testing.assert_frame_equal(read_rows(engine), written)
     engine.dispose()
+
+
+def test_two_openers_migrate_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two processes opening an old DB at once: one migrates under the write lock, the other
+    finds it done."""
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    written = create_old_results_db(url)
+    engines = [sa.create_engine(url), sa.create_engine(url)]
+    racing(monkeypatch)
+    with ThreadPoolExecutor(2) as pool:
+        migrated = list(pool.map(migrate_results_key, engines))
+    assert sorted(migrated, key=len) == [[], ["detection_results", "detection_batches"]]
+    pd.testing.assert_frame_equal(read_rows(engines[0]), written)
+    for engine in engines:
+        engine.dispose()
