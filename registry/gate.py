@@ -610,10 +610,15 @@ def score_feedback(
     if feedback.features.empty:
         return FeedbackScores(labels, np.zeros(0), None, feedback.left_out)
     where = "the rows analysts labelled"
-    check_interface(challenger, feedback.features, where)
-    mine, _ = score_frame(challenger, feedback.features)
-    theirs = None
-    if champion is not None:
-        check_interface(champion, feedback.features, where)
-        theirs, _ = score_frame(champion, feedback.features)
+    try:
+        check_interface(challenger, feedback.features, where)
+        mine, _ = score_frame(challenger, feedback.features)
+        theirs = None
+        if champion is not None:
+            check_interface(champion, feedback.features, where)
+            theirs, _ = score_frame(champion, feedback.features)
+    except InputError:
+        # Rows of older batches may not fit a model's signature: they cannot judge it, and the
+        # model is judged on its evaluation data as before (the reason counts them left out).
+        return FeedbackScores(labels[:0], np.zeros(0), None, feedback.left_out + len(labels))
     return FeedbackScores(labels, mine, theirs, feedback.left_out)

@@ -173,6 +173,17 @@ def _text(value: Any) -> str:
     return str(value).strip()
 
 
+def _whole(text: str) -> int | None:
+    """A non-negative whole number written as text ("3", "3.0"), else None."""
+    if text.isdigit():
+        return int(text)
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return int(number) if np.isfinite(number) and number.is_integer() and number >= 0 else None
+
+
 def read_feedback(source: str) -> pd.DataFrame:
     """Checked feedback rows: batch_id (text), row_index (int), label (0/1), note (text/None).
 
@@ -198,13 +209,15 @@ def read_feedback(source: str) -> pd.DataFrame:
         if not b:
             raise InputError(f"{where}: batch_id is empty")
         text = _text(label)
-        if text not in {"0", "1"}:
+        value = _whole(text)
+        if value not in (0, 1):
             raise InputError(f"{where}: label {text or '(empty)'!r} is not 0 or 1")
-        labels.append(int(text))
+        labels.append(int(value))
         index = _text(r)
-        if not index.isdigit():
+        row = _whole(index)
+        if row is None:
             raise InputError(f"{where}: row_index {index or '(empty)'!r} is not a row number")
-        rows.append(int(index))
+        rows.append(row)
     notes = (
         [(_text(v) or None) for v in frame["note"]]
         if "note" in frame.columns
@@ -252,7 +265,12 @@ def record_feedback(
 
     A batch or row that was never scored is an error naming it, and nothing is written.
     """
-    labelled_by = (labelled_by if labelled_by is not None else getpass.getuser()).strip()
+    if labelled_by is None:
+        try:
+            labelled_by = getpass.getuser()
+        except (KeyError, OSError) as exc:  # no user name in this environment (a container)
+            raise InputError(f"{source}: say who labelled the rows with --by NAME") from exc
+    labelled_by = labelled_by.strip()
     if not labelled_by or len(labelled_by) > 200:
         raise InputError(f"--by {labelled_by!r}: give a name of 1 to 200 characters")
     rows = read_feedback(source)

@@ -356,3 +356,36 @@ def test_exporter_gauges_flagged_precision_per_model_version(engine, tmp_path: P
         "pynomaly_feedback_labelled_rows": (labels, 4),
         "pynomaly_feedback_labelled_anomalies": (labels, 3),
     }
+
+
+def test_labels_and_row_numbers_written_as_floats_are_read(engine, tmp_path: Path) -> None:
+    """A spreadsheet or pandas export may write 1.0 and 2.0; 1.5 is still refused."""
+    score(engine, "b1", "m", 1, [True, False, True])
+    path = tmp_path / "floats.csv"
+    path.write_text("batch_id,row_index,label\nb1,2.0,1.0\nb1,0,0.0\n")
+    assert record_feedback(engine, str(path), "ana")["anomalies"] == 1
+    assert [r[1:6:4] for r in stored(engine)] == [(0, 0), (2, 1)]
+    path.write_text("batch_id,row_index,label\nb1,1,1.5\n")
+    with pytest.raises(InputError, match="label '1.5' is not 0 or 1"):
+        record_feedback(engine, str(path), "ana")
+
+
+def test_feedback_rows_that_do_not_fit_the_model_are_left_out_not_rejected() -> None:
+    from registry.gate import FeedbackRows, Scorer, score_feedback
+
+    scorer = Scorer(
+        score_fn=lambda x: x["a"].to_numpy(float),
+        columns=["a"],
+        input_types={"a": "double"},
+        threshold=0.0,
+        kind="sklearn",
+        convention="a",
+    )
+    old_batch = pd.DataFrame({"other": np.arange(8.0)})
+    scored = score_feedback(FeedbackRows(old_batch, np.array([1] * 6 + [0] * 2)), scorer, scorer)
+    assert len(scored.labels) == 0 and scored.left_out == 8
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=100)
+    decision = decide(scores, 1.6, champion_scores=scores, stability=1.0, feedback=scored)
+    assert decision.decision == PROMOTE
+    assert any("8 labelled row(s) left out" in r for r in decision.reasons)
