@@ -285,25 +285,19 @@ def record_feedback(
                     .distinct()
                 ).scalars()
             )
-    joined = rows.merge(scored, on=["batch_id", "row_index"], how="left")
-    unscored = joined["model_name"].isna()
-    if unscored.any():
-        first = joined[unscored].iloc[0]
-        line = (
-            int(
-                np.flatnonzero(
-                    (rows["batch_id"] == first["batch_id"]).to_numpy()
-                    & (rows["row_index"] == first["row_index"]).to_numpy()
-                )[0]
-            )
-            + 1
-        )
+    scored = scored.astype({"row_index": "int64"})
+    joined = rows.assign(line=np.arange(1, len(rows) + 1)).merge(
+        scored, on=["batch_id", "row_index"], how="left"
+    )
+    unscored = joined[joined["model_name"].isna()]
+    if not unscored.empty:
+        first = unscored.sort_values("line").iloc[0]
         what = (
             f"batch {first['batch_id']!r} has no scored row {int(first['row_index'])}"
             if first["batch_id"] in known_batches
             else f"batch {first['batch_id']!r} was never scored"
         )
-        raise InputError(f"{source}: row {line}: {what}")
+        raise InputError(f"{source}: row {int(first['line'])}: {what}")
     at = labelled_at or datetime.now(UTC)
     records = [
         {
