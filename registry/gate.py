@@ -15,6 +15,10 @@ anomalous, and a row is an anomaly when score > threshold.
 Decisions: `promote` (every check passed), `keep` (nothing is broken but the evidence is not
 enough to replace the champion without a person: label-free disagreement with the champion),
 `reject` (a check failed: worse metrics, alert rate, unstable ranking, latency).
+
+Analyst feedback (rows of the model's scored batches labelled 1/0, handed in by the flow as
+plain data): from MIN_FEEDBACK_ANOMALIES labelled anomalies on, the challenger's average
+precision on those rows is compared with the champion's, and it decides over label-free doubts.
 """
 
 from __future__ import annotations
