@@ -29,7 +29,7 @@ K8S_DIR = ROOT / "deployments" / "k8s"
 # The compose specification's JSON schema as shipped in docker-compose 1.29.2 (Apache-2.0).
 COMPOSE_SCHEMA = Path(__file__).parent / "data" / "compose_spec.json"
 K8S_VERSION = "1.33.0"
-SECRET_NAME = re.compile(r"PASSWORD|SECRET|AUTH_STRING|ACCESS_KEY|TOKEN", re.IGNORECASE)
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|AUTH_STRING|ACCESS_KEY|TOKEN|BACKUP_KEY", re.IGNORECASE)
 TEMPLATE = re.compile(r"\{\{.*\}\}")
 
 
