@@ -69,7 +69,7 @@ def combine_window(
     """One Parquet file of the window's rows; labels kept only if every snapshot has them.
 
     With enough analyst feedback on the window's batches (`feedback`: the model's newest label
-    per row and its snapshot), the feedback sets labels and only labelled rows are kept.
+    per row and its snapshot), the feedback sets labels; unlabelled rows count as normal.
     """
     import pandas as pd
 

@@ -469,7 +469,10 @@ def apply_feedback_labels(
     """Training frames labelled from feedback, or None when the window's feedback is too thin.
 
     Feedback (by snapshot and row) sets the label of its rows, over any label the snapshot
-    holds; rows left without a label are dropped: a label is never made up for them.
+    holds. Rows nobody labelled stay in as presumed normal (0), the semi-supervised setting of
+    ADBench that benchmarks/adbench.py --label-fractions measures: analysts label what was
+    flagged, so the labelled rows alone would be a skewed sample, and a model trained on them
+    only would never have seen the ordinary rows it must score.
     """
     parts = {part for part, _ in frames}
     mine = labelled[labelled["snapshot"].isin(parts)]
@@ -477,7 +480,7 @@ def apply_feedback_labels(
         return None
     column = label_column or FEEDBACK_LABEL
     out: list[pd.DataFrame] = []
-    stats = {"feedback_rows": 0, "feedback_anomalies": 0, "unlabelled_rows_dropped": 0}
+    stats = {"feedback_rows": 0, "feedback_anomalies": 0, "unlabelled_rows_presumed_normal": 0}
     for part, frame in frames:
         if label_column is None and FEEDBACK_LABEL in frame.columns:
             raise InputError(
@@ -495,11 +498,8 @@ def apply_feedback_labels(
         base.iloc[given["row_index"].to_numpy()] = given["label"].to_numpy(float)
         stats["feedback_rows"] += len(given)
         stats["feedback_anomalies"] += int(given["label"].sum())
-        labelled_frame = frame.reset_index(drop=True).assign(**{column: base})
-        kept = labelled_frame[labelled_frame[column].notna()].copy()
-        kept[column] = kept[column].astype(int)
-        stats["unlabelled_rows_dropped"] += len(frame) - len(kept)
-        out.append(kept)
+        stats["unlabelled_rows_presumed_normal"] += int(base.isna().sum())
+        out.append(frame.reset_index(drop=True).assign(**{column: base.fillna(0).astype(int)}))
     return out, column, stats
 
 

@@ -145,14 +145,14 @@ def feedback_scenario(tmp_path: Path) -> None:
     assert retrained["feedback"] == {
         "feedback_rows": len(labelled),
         "feedback_anomalies": int(truth.sum()),
-        "unlabelled_rows_dropped": 600 + 300 - len(labelled),
+        "unlabelled_rows_presumed_normal": 600 + 300 - len(labelled),
     }
-    assert retrained["rows"] == len(labelled)
+    assert retrained["rows"] == 600 + 300  # every row of the window: unlabelled ones as normal
     v3 = mlflow_client.get_model_version("m", "3")
     assert v3.tags["label_column"] == "feedback_label"
     assert json.loads(v3.tags["feedback"])["feedback_rows"] == len(labelled)
     run_metrics = mlflow_client.get_run(v3.run_id).data.metrics
-    assert run_metrics["holdout_rows"] == pytest.approx(round(len(labelled) * 0.3), abs=1)
+    assert run_metrics["holdout_rows"] == pytest.approx(round(900 * 0.3), abs=1)
     assert "roc_auc" in run_metrics and "average_precision" in run_metrics
     # The search ran on the labels (label-free only without them, or with too few anomalies).
     assert mlflow_client.get_run(v3.run_id).data.params["objective"] == "average_precision"

@@ -235,7 +235,7 @@ def test_feedback_joins_rows_to_their_snapshot(engine, tmp_path: Path) -> None:
     ]
 
 
-def test_apply_feedback_labels_sets_labels_and_drops_unlabelled_rows() -> None:
+def test_apply_feedback_labels_sets_labels_and_presumes_unlabelled_rows_normal() -> None:
     train = pd.DataFrame({"x": [0.0, 1.0, 2.0], "y": [1, 0, 0]})
     batch = pd.DataFrame({"x": [float(i) for i in range(10, 20)]})
     labels = [1, 1, 1, 1, 1, 0, 0]
@@ -245,13 +245,17 @@ def test_apply_feedback_labels_sets_labels_and_drops_unlabelled_rows() -> None:
     )
     assert column == "y"
     assert frames[0]["y"].tolist() == [1, 0, 0]  # the snapshot's own labels stay
-    assert frames[1]["x"].tolist() == [float(i) for i in range(10, 17)]
-    assert frames[1]["y"].tolist() == labels
-    assert stats == {"feedback_rows": 7, "feedback_anomalies": 5, "unlabelled_rows_dropped": 3}
+    assert frames[1]["x"].tolist() == [float(i) for i in range(10, 20)]
+    assert frames[1]["y"].tolist() == labels + [0, 0, 0]
+    assert stats == {
+        "feedback_rows": 7,
+        "feedback_anomalies": 5,
+        "unlabelled_rows_presumed_normal": 3,
+    }
 
     # Without a label column of its own, the model's feedback gets its own column.
     frames, column, _ = apply_feedback_labels([("d/batch", batch)], labelled, None)
-    assert column == FEEDBACK_LABEL and frames[0][FEEDBACK_LABEL].tolist() == labels
+    assert column == FEEDBACK_LABEL and frames[0][FEEDBACK_LABEL].tolist() == labels + [0, 0, 0]
 
     # Too few labelled anomalies in the window: no labelled training.
     thin = labelled.assign(
