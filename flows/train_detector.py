@@ -120,8 +120,9 @@ def train_detector(
     }
     if result.automl is not None:
         board = result.automl.leaderboard_.sort_values("value", ascending=False)
-        # Pruned trials carry an intermediate value: rank finished trials only.
-        finished = board[board["state"] == "COMPLETE"]
+        # Pruned trials carry an intermediate value: rank finished trials only (label-free
+        # selection fits nothing: its board is the meta-model's predicted ranking).
+        finished = board[board["state"].isin(["COMPLETE", "PREDICTED"])]
         summary["leaderboard_top5"] = finished.head(5).to_dict("records")
         create_table_artifact(key="automl-leaderboard", table=board.astype(str).to_dict("records"))
     create_markdown_artifact(

@@ -1,61 +1,74 @@
-"""The AutoML search space as plain data: detectors, their hyper-parameters, scalers, ensembles."""
+"""What AutoML chooses from, as plain data: label-free configurations and the labelled search."""
 
 from __future__ import annotations
 
 from typing import Any
 
-# A hyper-parameter is ("int", low, high, log), ("float", low, high, log) or ("choice", [values]).
-# Ranges follow the PyOD docs and the values ADBench swept; catalog defaults sit inside them.
-DETECTOR_PARAMS: dict[str, dict[str, tuple[Any, ...]]] = {
-    "iforest": {
-        "n_estimators": ("int", 50, 400, True),
-        "max_features": ("float", 0.3, 1.0, False),
-        "max_samples": ("choice", ["auto", 0.5, 1.0]),
-    },
-    "inne": {
-        "n_estimators": ("int", 50, 400, True),
-        "max_samples": ("choice", ["auto", 8, 32, 64]),
-    },
-    "cblof": {
-        "n_clusters": ("int", 4, 20, False),
-        "alpha": ("float", 0.7, 0.95, False),
-        "use_weights": ("choice", [False, True]),
-    },
-    "pca": {
-        "n_components": ("choice", [None, 0.5, 0.8, 0.95]),
-        "whiten": ("choice", [False, True]),
-    },
-    "ecod": {},
-    "copod": {},
-    "hbos": {"n_bins": ("int", 5, 50, True), "alpha": ("float", 0.05, 0.5, False)},
-    "knn": {
-        "n_neighbors": ("int", 3, 60, True),
-        "method": ("choice", ["largest", "mean", "median"]),
-    },
-    "lof": {"n_neighbors": ("int", 5, 100, True)},
-    "ocsvm": {"nu": ("float", 0.05, 0.9, False), "gamma": ("choice", ["scale", "auto"])},
-    "loda": {"n_bins": ("int", 5, 50, True), "n_random_cuts": ("int", 50, 300, True)},
+# ---------------------------------------------------------------- label-free selection
+
+# The base detectors of label-free model selection (tasks/metaselect.py): catalog detectors with
+# their defaults plus the neighbourhood sizes ADBench found to matter. member -> (detector, params)
+META_MEMBERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "iforest": ("iforest", {}),
+    "inne": ("inne", {}),
+    "cblof": ("cblof", {}),
+    "pca": ("pca", {}),
+    "ecod": ("ecod", {}),
+    "copod": ("copod", {}),
+    "hbos": ("hbos", {}),
+    "knn": ("knn", {}),
+    "knn_mean20": ("knn", {"n_neighbors": 20, "method": "mean"}),
+    "lof": ("lof", {}),
+    "lof50": ("lof", {"n_neighbors": 50}),
+    "ocsvm": ("ocsvm", {}),
+    "loda": ("loda", {}),
 }
 
-SCALERS: list[str] = ["standard", "robust", "minmax", "none"]
+# The configurations the meta-model ranks: every member alone, and robust z-score ensembles of
+# IForest with partners of other kinds (each member's scores are standardised against its own
+# training median and IQR, so scores stay comparable across batches).
+# configuration -> (members, combiner)
+META_CONFIGS: dict[str, tuple[tuple[str, ...], str | None]] = {
+    **{member: ((member,), None) for member in META_MEMBERS},
+    "z(iforest+inne+cblof+pca)": (("iforest", "inne", "cblof", "pca"), "zscore"),
+    "rank(iforest+inne)": (("iforest", "inne"), "rank"),
+    "z(iforest+inne+cblof+pca+ecod+copod+hbos)": (
+        ("iforest", "inne", "cblof", "pca", "ecod", "copod", "hbos"),
+        "zscore",
+    ),
+    "z(iforest+pca)": (("iforest", "pca"), "zscore"),
+    "z(iforest+ecod)": (("iforest", "ecod"), "zscore"),
+    "z(iforest+knn_mean20)": (("iforest", "knn_mean20"), "zscore"),
+    "z(iforest+cblof)": (("iforest", "cblof"), "zscore"),
+    "z(iforest+inne+pca)": (("iforest", "inne", "pca"), "zscore"),
+}
 
-# How an ensemble turns member scores into one: "rank" averages each member's position in its own
-# training-score distribution (its ECDF), "zscore" averages robust z-scores against the training
-# median and IQR. Both are fixed at fit time, so scores stay comparable across batches.
-COMBINERS: list[str] = ["rank", "zscore"]
+# How many of the best-ranked configurations are pooled into the chosen model: two, whose
+# members are combined with robust z-scores (measured under leave-one-dataset-out:
+# benchmarks/README.md). One best guess is noisier than the union of the top two.
+META_TOP_K = 2
 
-# The strong, diverse core: two isolation methods, a clustering method and a linear method. It is
-# the label-free default and the first trial of every search (see benchmarks/README.md for the
-# measurements behind it).
-PRIOR_ENSEMBLE: tuple[str, ...] = ("iforest", "inne", "cblof", "pca")
+# ---------------------------------------------------------------- labelled search
 
-# Detectors an ensemble may add to the prior core.
-OPTIONAL_MEMBERS: tuple[str, ...] = ("ecod", "copod", "hbos", "ocsvm", "knn", "lof", "loda")
-
-# Where the detectors are fitted when labels are given: every row, or only the rows labelled
-# normal (semi-supervised novelty detection, usually much sharper when anomalies are known).
-FIT_ON_LABELLED: list[str] = ["all", "normal"]
-
-# The distance-based detectors are quadratic in rows; above this many search rows they would
-# blow the time budget, so the search leaves them out.
-QUADRATIC_DETECTORS: tuple[str, ...] = ("knn", "lof", "ocsvm")
+# A hyper-parameter is ("int", low, high, log), ("float", low, high, log) or ("choice", [values]).
+# Kinds of labelled model:
+# - "classifier": HistGradientBoostingClassifier on the features;
+# - "xgbod": the same classifier on the features plus the scores of unsupervised detectors fitted
+#   on the rows labelled normal (Zhao & Hryniewicki 2018), out-of-fold for the training rows;
+# - "detector": the label-free choice fitted on the rows labelled normal only (semi-supervised
+#   novelty detection), which wins when labelled anomalies are few or unlike each other.
+LABELLED_KINDS: list[str] = ["classifier", "xgbod", "detector"]
+CLASSIFIER_PARAMS: dict[str, tuple[Any, ...]] = {
+    "learning_rate": ("float", 0.03, 0.3, True),
+    "max_leaf_nodes": ("int", 8, 63, True),
+    "min_samples_leaf": ("int", 5, 50, True),
+    "l2_regularization": ("float", 1e-6, 1.0, True),
+}
+CLASSIFIER_DEFAULTS: dict[str, Any] = {
+    "learning_rate": 0.1,
+    "max_leaf_nodes": 31,
+    "min_samples_leaf": 20,
+    "l2_regularization": 1e-6,
+}
+# The detectors whose scores XGBOD adds as features: fast, and of different kinds.
+XGBOD_MEMBERS: tuple[str, ...] = ("iforest", "knn_mean20", "lof", "ecod", "pca", "hbos")

@@ -1,4 +1,4 @@
-"""AutoML: quality floors, determinism, the time budget, no label leakage, pickling."""
+"""AutoML: quality floors, the three paths, determinism, the time budget, no label leakage."""
 
 from __future__ import annotations
 
@@ -14,7 +14,15 @@ from pyod.utils.data import generate_data
 from sklearn.metrics import roc_auc_score
 
 from data_checks.errors import InputError
-from tasks.automl import ScoreEnsemble, fit_best_detector
+from tasks.automl import (
+    LABEL_FREE,
+    SEMI_SUPERVISED,
+    ScoreEnsemble,
+    fit_best_detector,
+    label_free_ranking,
+    pooled_members,
+)
+from tasks.search_space import LABELLED_KINDS, META_CONFIGS
 
 BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "adbench.py"
 
@@ -36,7 +44,7 @@ def data() -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray, np.ndarray]:
 @pytest.fixture(scope="module")
 def label_free_model(data: tuple) -> object:
     x_train, _, _, _ = data
-    return fit_best_detector(x_train, time_budget_s=30, n_trials=4, random_state=0)
+    return fit_best_detector(x_train, random_state=0)
 
 
 def test_label_free_quality_floor(data: tuple, label_free_model: object) -> None:
@@ -57,11 +65,41 @@ def test_fitted_contract(data: tuple, label_free_model: object) -> None:
     board = model.leaderboard_
     assert list(board.columns[:2]) == ["number", "detector"]
     assert {"value", "seconds", "state", "params"} <= set(board.columns)
-    assert len(board) == 4 == len(model.study_.trials)
-    assert set(model.best_config_) >= {"detectors", "scaler", "combine", "fit_on"}
+    # Label-free: no search ran; the board is the meta-model's ranking of every configuration.
+    assert model.study_ is None
+    assert sorted(board["detector"]) == sorted(META_CONFIGS)
+    assert set(board["state"]) == {"PREDICTED"}
+    assert board["value"].is_monotonic_decreasing
+    assert model.best_config_["objective"] == LABEL_FREE
+    assert set(model.best_config_) >= {"detectors", "scaler", "combine", "fit_on", "ranking"}
     # The threshold flags the default 5 % of the fitted rows.
     assert model.predict(x_train).mean() == pytest.approx(0.05, abs=0.01)
     assert set(np.unique(model.predict(x_test))) <= {0, 1}
+
+
+def test_label_free_choice_pools_the_two_best_ranked_configurations(
+    data: tuple, label_free_model: object
+) -> None:
+    x_train, _, _, _ = data
+    ranking = label_free_ranking(x_train, random_state=0)
+    expected = {m for name, _ in ranking[:2] for m in META_CONFIGS[name][0]}
+    fitted = label_free_model.model_.members
+    assert set(fitted) == expected == set(pooled_members(ranking))
+    assert [d["name"] for d in label_free_model.best_config_["detectors"]] == fitted
+
+
+def test_labelled_search_starts_from_each_kinds_defaults(data: tuple) -> None:
+    x_train, _, y_train, _ = data
+    model = fit_best_detector(x_train, y_train, time_budget_s=60, n_trials=3, random_state=0)
+    kinds = [t.user_attrs["config"]["kind"] for t in model.study_.trials]
+    assert kinds == LABELLED_KINDS
+    # The "detector" kind is the label-free choice fitted on the rows labelled normal.
+    detector_trial = model.study_.trials[LABELLED_KINDS.index("detector")]
+    assert detector_trial.user_attrs["config"]["fit_on"] == "normal"
+    assert (
+        model.best_config_["trial"]
+        == max(model.study_.trials, key=lambda t: (t.value, -t.number)).number
+    )
 
 
 def test_scores_do_not_depend_on_the_batch(data: tuple, label_free_model: object) -> None:
@@ -90,7 +128,7 @@ def test_time_budget_is_respected(data: tuple) -> None:
     started = time.perf_counter()
     model = fit_best_detector(big, labels, time_budget_s=6, random_state=0)
     elapsed = time.perf_counter() - started
-    # Slack: the prior trial always finishes, and the winner is refitted after the search.
+    # Slack: the first trial always finishes, and the winner is refitted after the search.
     assert elapsed <= 6 + 4
     assert len(model.leaderboard_) >= 2
 
@@ -127,20 +165,23 @@ def test_labels_must_be_zero_or_one(data: tuple) -> None:
         fit_best_detector(x_train, y_train * 2)
 
 
-def test_too_few_labelled_anomalies_fall_back_to_label_free(data: tuple) -> None:
+def test_few_labelled_anomalies_are_kept_out_of_the_fit(data: tuple) -> None:
     x_train, _, y_train, _ = data
     few = np.zeros_like(y_train)
     few[np.flatnonzero(y_train)[:2]] = 1
-    with pytest.warns(UserWarning, match="label-free"):
-        model = fit_best_detector(x_train, few, time_budget_s=30, n_trials=1)
-    assert model.best_config_["objective"] == "label-free (too few labelled anomalies)"
+    model = fit_best_detector(x_train, few, random_state=0)
+    assert model.best_config_["objective"] == SEMI_SUPERVISED
+    assert model.best_config_["fit_on"] == "normal"
+    assert model.study_ is None
+    # Every member learned "normal" from the rows not labelled anomalous.
+    assert {len(ref) for ref in model.model_.reference_} == {len(few) - 2}
     assert model.contamination == pytest.approx(2 / len(few))
 
 
 def test_rank_ensemble_is_a_mean_of_training_ecdfs() -> None:
     rng = np.random.RandomState(0)
     train, new = rng.normal(size=(200, 3)), rng.normal(size=(10, 3))
-    model = ScoreEnsemble([("iforest", {}), ("pca", {})], scaler="none", combine="rank").fit(train)
+    model = ScoreEnsemble(["iforest", "pca"], scaler="none", combine="rank").fit(train)
     raw = model.member_scores(new)
     expected = np.mean(
         [
@@ -163,7 +204,7 @@ def test_benchmark_never_passes_test_labels_to_the_search(monkeypatch: pytest.Mo
     calls: list[tuple] = []
 
     class Recorded:
-        best_config_ = {"detector": "stub"}
+        best_config_ = {"detector": "stub", "objective": "stub"}
         leaderboard_ = pd.DataFrame({"number": [0]})
 
         def decision_function(self, rows: np.ndarray) -> np.ndarray:
@@ -176,7 +217,7 @@ def test_benchmark_never_passes_test_labels_to_the_search(monkeypatch: pytest.Mo
     monkeypatch.setattr(adbench, "fit_best_detector", recorder)
     monkeypatch.setattr(adbench, "CATALOG", {})
     adbench.run_methods(x_train, x_test, y_train, y_test, seed=0, time_budget=1)
-    assert len(calls) == 2
+    assert len(calls) == 2  # automl and automl+labels; the plain classifier gets y_train too
     for rows, labels in calls:
         assert rows is x_train  # only the train part is searched
         assert labels is None or labels is y_train
