@@ -487,13 +487,28 @@ def _check(work: Callable[[], str]) -> dict[str, Any]:
         return {"ok": False, "detail": f"{type(exc).__name__}: {text}".rstrip(": ")}
 
 
+def champion_loads(tracking_uri: str, name: str, version: int) -> str:
+    """Raise InputError naming the model when its champion's artifacts do not load."""
+    from data_checks.errors import InputError
+    from registry.promotion import check_loadable
+    from registry.versions import client
+
+    try:
+        check_loadable(client(tracking_uri), name, version)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{name} v{version}: artifacts do not load ({first})") from exc
+    return f"v{version}, artifacts load"
+
+
 def health_report(
     sources: Sources,
     artifact_root: str,
     max_backup_age_hours: float = 26.0,
     now: datetime | None = None,
 ) -> dict[str, Any]:
-    """Check every dependency of the platform: {healthy, checks: {name: {ok, detail}}}."""
+    """Check every dependency of the platform: {healthy, checks: {name: {ok, detail}}}; every
+    champion is loaded from its artifacts (downloaded, not scored)."""
     import sqlalchemy as sa
 
     from data_checks.errors import InputError
@@ -546,7 +561,9 @@ def health_report(
                     "detail": f"champion points at v{r.champion}, which is missing or not ready",
                 }
             else:
-                checks[f"champion:{model}"] = {"ok": True, "detail": f"v{r.champion}"}
+                checks[f"champion:{model}"] = _check(
+                    lambda m=model, v=r.champion: champion_loads(sources.tracking_uri, m, v)
+                )
     checks["artifact_store"] = _check(artifact_store)
     checks["backups"] = _check(newest_backup)
     return {

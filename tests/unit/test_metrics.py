@@ -346,3 +346,30 @@ def test_monitoring_files_use_only_exposed_metrics() -> None:
     assert "alerts.yml" in scrape["rule_files"]
     jobs = {j["job_name"]: j for j in scrape["scrape_configs"]}
     assert any(":9108" in t for c in jobs["pynomaly"]["static_configs"] for t in c["targets"])
+
+
+def test_health_names_a_champion_whose_artifacts_are_gone(platform_home: Path) -> None:
+    import shutil
+
+    from deployments.settings import get_settings
+    from registry.versions import client
+
+    settings = get_settings()
+    log_versions(settings, "delta", 1)
+    _fake_backup(settings, datetime.now(UTC))
+    results_engine(settings.results_url).dispose()
+    result = CliRunner().invoke(_cli(), ["health", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["checks"]["champion:delta"]["ok"] is True
+
+    # The champion's model folder goes missing: health fails and names the model.
+    mlflow_client = client(settings.mlflow_tracking_uri)
+    source = mlflow_client.get_model_version_by_alias("delta", "champion").source
+    model_id = source.rsplit("/", 1)[-1]
+    location = mlflow_client.get_logged_model(model_id).artifact_location
+    shutil.rmtree(Path(location.removeprefix("file://")))
+    result = CliRunner().invoke(_cli(), ["health", "--json"])
+    assert result.exit_code == 1, result.output
+    check = json.loads(result.stdout)["checks"]["champion:delta"]
+    assert check["ok"] is False
+    assert check["detail"].startswith("InputError: delta v1: artifacts do not load"), check
