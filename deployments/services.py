@@ -1,11 +1,13 @@
-"""Start and stop real local services (PostgreSQL, S3 on moto, MLflow, Prefect) on loopback.
+"""Start and stop real local services (PostgreSQL, MLflow, Prefect; moto S3 for tests) on loopback.
 
 Used by the integration tests and by `pynomaly services up|down|status`. Every service runs in
 its own process group (new session), logs to a file, listens on 127.0.0.1 only and is
-health-checked before its handle is returned. Nothing happens at import time.
+health-checked before its handle is returned; its files are created private (umask 077).
+Nothing happens at import time.
 
-moto keeps its objects in memory: S3 contents (and so MLflow artifacts) do not survive a
-restart of the moto server, while the PostgreSQL data folder does.
+moto keeps its objects in memory and accepts any credentials: it serves the tests only.
+`services up` keeps artifacts in a local folder that MLflow serves (--serve-artifacts, behind
+its login) or in an S3 bucket the operator names.
 """
 
 from __future__ import annotations
@@ -19,13 +21,15 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
-from contextlib import closing
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 PG_BIN = Path(os.environ.get("PYNOMALY_PG_BIN", "/usr/lib/postgresql/15/bin"))
@@ -112,13 +116,33 @@ def start_time(pid: int) -> int | None:
     return int(stat[stat.rfind(")") + 2 :].split()[19])
 
 
+PRIVATE_UMASK = 0o077  # files 0600, folders 0700
+
+
 def write_private(path: Path, text: str) -> None:
-    """Write a file only its owner can read (mode 0600), whatever the umask."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    path.chmod(0o600)
+    """Write a file only its owner can read, atomically: 0600 from its first byte, whatever the
+    umask (mkstemp), then renamed over the old one, so no reader sees half or a wider mode."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def private_umask() -> Iterator[None]:
+    """Create everything 0600/0700 in the block (then the old umask again)."""
+    old = os.umask(PRIVATE_UMASK)
+    try:
+        yield
+    finally:
+        os.umask(old)
 
 
 def stop_group(
@@ -166,9 +190,13 @@ def _spawn(
     cwd: Path | None = None,
     user: str | None = None,
 ) -> subprocess.Popen:
-    """Start `cmd` detached (own session) with stdout and stderr appended to `log_path`."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
+    """Start `cmd` detached (own session) with stdout and stderr appended to `log_path`.
+
+    The service creates its files private (umask 077), and so does its log.
+    """
+    log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "ab") as log:
         return subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,
@@ -180,6 +208,7 @@ def _spawn(
             user=user,
             group=user,
             extra_groups=[] if user else None,
+            umask=PRIVATE_UMASK,
         )
 
 
@@ -278,16 +307,23 @@ class PostgresServer(ServiceHandle):
     user: str = "postgres"
     password: str = ""
 
-    def database_url(self, database: str = "postgres", driver: str = "postgresql+psycopg2") -> str:
-        """SQLAlchemy URL of `database` on this server (driver e.g. postgresql+asyncpg)."""
-        password = quote(self.password, safe="")
-        return f"{driver}://{self.user}:{password}@{HOST}:{self.port}/{database}"
+    def database_url(
+        self,
+        database: str = "postgres",
+        driver: str = "postgresql+psycopg2",
+        login: tuple[str, str] | None = None,
+    ) -> str:
+        """SQLAlchemy URL of `database` on this server (driver e.g. postgresql+asyncpg), as the
+        superuser or as `login` (role, password)."""
+        user, password = login or (self.user, self.password)
+        password = quote(password, safe="")
+        return f"{driver}://{user}:{password}@{HOST}:{self.port}/{database}"
 
-    def _admin(self):
+    def _admin(self, database: str = "postgres"):
         import psycopg2
 
         conn = psycopg2.connect(
-            host=HOST, port=self.port, user=self.user, password=self.password, dbname="postgres"
+            host=HOST, port=self.port, user=self.user, password=self.password, dbname=database
         )
         # CREATE/DROP DATABASE cannot run inside a transaction; note that psycopg2's
         # `with conn:` opens one even in autocommit mode, hence `closing()` at the callers.
@@ -305,6 +341,58 @@ class PostgresServer(ServiceHandle):
                 if not exist_ok:
                     raise
         return self.database_url(name)
+
+    def ensure_role(self, role: str, password: str, createdb: bool = False) -> None:
+        """A login role that is no superuser and cannot make roles; its password set to
+        `password`. CREATEDB only where a restore drill makes scratch databases."""
+        from psycopg2 import sql
+
+        with closing(self._admin()) as conn, conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
+            verb = "ALTER" if cur.fetchone() else "CREATE"
+            cur.execute(
+                sql.SQL("{} ROLE {} LOGIN NOSUPERUSER NOCREATEROLE {} PASSWORD {}").format(
+                    sql.SQL(verb),
+                    sql.Identifier(role),
+                    sql.SQL("CREATEDB" if createdb else "NOCREATEDB"),
+                    sql.Literal(password),
+                )
+            )
+
+    def ensure_database(self, name: str, owner: str) -> None:
+        """`name` owned by `owner`, which alone (besides grants) may connect to it.
+
+        A database made before roles existed (owned by the superuser) moves to `owner` with
+        its tables, views, sequences and types, so the component keeps working on it.
+        """
+        from psycopg2 import errors, sql
+
+        db, role = sql.Identifier(name), sql.Identifier(owner)
+        with closing(self._admin()) as conn, conn.cursor() as cur:
+            try:
+                cur.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(db, role))
+            except errors.DuplicateDatabase:
+                cur.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(db, role))
+            cur.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(db))
+        with closing(self._admin(name)) as conn, conn.cursor() as cur:
+            cur.execute(sql.SQL(_REOWN).format(owner=sql.Literal(owner)))
+
+    def grant_read_only(self, database: str, reader: str, writer: str) -> None:
+        """Let `reader` connect to `database` and read every table `writer` has or makes."""
+        from psycopg2 import sql
+
+        db, r, w = sql.Identifier(database), sql.Identifier(reader), sql.Identifier(writer)
+        with closing(self._admin()) as conn, conn.cursor() as cur:
+            cur.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(db, r))
+        with closing(self._admin(database)) as conn, conn.cursor() as cur:
+            cur.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(r))
+            cur.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {}").format(r))
+            cur.execute(
+                sql.SQL(
+                    "ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA public "
+                    "GRANT SELECT ON TABLES TO {}"
+                ).format(w, r)
+            )
 
     def drop_database(self, name: str) -> None:
         """Drop a database, closing any connections still open to it."""
@@ -338,6 +426,36 @@ class PostgresServer(ServiceHandle):
                 pass
         stop_group(self.pid, timeout=5, proc=self.proc)
 
+
+# Hands what a superuser made in a database's public schema to its owner (ALTER TABLE moves
+# a table's indexes and column sequences along; free-standing sequences and types go apart).
+_REOWN = """
+DO $$
+DECLARE r record;
+BEGIN
+  FOR r IN SELECT c.oid::regclass AS obj FROM pg_class c
+      JOIN pg_namespace n ON n.oid = c.relnamespace
+      WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+        AND pg_get_userbyid(c.relowner) <> {owner} LOOP
+    EXECUTE format('ALTER TABLE %s OWNER TO %I', r.obj, {owner});
+  END LOOP;
+  FOR r IN SELECT c.oid::regclass AS obj FROM pg_class c
+      JOIN pg_namespace n ON n.oid = c.relnamespace
+      WHERE n.nspname = 'public' AND c.relkind = 'S'
+        AND pg_get_userbyid(c.relowner) <> {owner}
+        AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype IN ('a', 'i'))
+  LOOP
+    EXECUTE format('ALTER SEQUENCE %s OWNER TO %I', r.obj, {owner});
+  END LOOP;
+  FOR r IN SELECT t.oid::regtype AS obj FROM pg_type t
+      JOIN pg_namespace n ON n.oid = t.typnamespace
+      WHERE n.nspname = 'public' AND t.typtype IN ('e', 'd')
+        AND pg_get_userbyid(t.typowner) <> {owner} LOOP
+    EXECUTE format('ALTER TYPE %s OWNER TO %I', r.obj, {owner});
+  END LOOP;
+END
+$$
+"""
 
 # Settings that make a throwaway cluster start and run fast; durability does not matter there.
 FAST_PG_SETTINGS = {
@@ -375,8 +493,7 @@ def start_postgres(
     if fresh:
         password = password or new_secret()
         pwfile = base_dir / ".pwfile"
-        pwfile.write_text(password + "\n")
-        pwfile.chmod(0o600)
+        write_private(pwfile, password + "\n")
         if user:
             shutil.chown(pwfile, user, user)
         try:
@@ -525,28 +642,37 @@ def start_mlflow(
     base_dir: Path,
     backend_store_uri: str,
     artifacts_destination: str,
-    s3_endpoint_url: str,
-    aws_access_key_id: str,
-    aws_secret_access_key: str,
+    s3_endpoint_url: str | None = None,
+    aws_access_key_id: str | None = None,
+    aws_secret_access_key: str | None = None,
     auth: MlflowAuth | None = None,
     port: int | None = None,
     workers: int = 1,
     timeout: float = 180.0,
 ) -> ServiceHandle:
-    """Start `mlflow server` with a SQL backend and artifacts proxied (--serve-artifacts) to S3.
+    """Start `mlflow server` with a SQL backend and artifacts proxied (--serve-artifacts) to a
+    local folder or S3 (`s3_endpoint_url` None: AWS, or the credentials of this environment).
 
-    S3 credentials live only in the server's environment, so clients need none.
+    Storage credentials live only in the server's environment, so clients need none.
     """
     base_dir = Path(base_dir)
     base_dir.mkdir(parents=True, exist_ok=True)
     log_path = base_dir / "mlflow.log"
     port = free_port(port)
-    env = _clean_env(("MLFLOW_", "AWS_"))
+    env = _clean_env(("MLFLOW_",))
+    if artifacts_destination.startswith("s3://"):
+        if s3_endpoint_url:
+            env["MLFLOW_S3_ENDPOINT_URL"] = s3_endpoint_url
+        if aws_access_key_id and aws_secret_access_key:
+            env |= {
+                "AWS_ACCESS_KEY_ID": aws_access_key_id,
+                "AWS_SECRET_ACCESS_KEY": aws_secret_access_key,
+            }
+        env.setdefault("AWS_DEFAULT_REGION", TEST_REGION)
+    else:
+        env = {k: v for k, v in env.items() if not k.startswith("AWS_")}
+        Path(artifacts_destination).mkdir(mode=0o700, parents=True, exist_ok=True)
     env |= {
-        "MLFLOW_S3_ENDPOINT_URL": s3_endpoint_url,
-        "AWS_ACCESS_KEY_ID": aws_access_key_id,
-        "AWS_SECRET_ACCESS_KEY": aws_secret_access_key,
-        "AWS_DEFAULT_REGION": TEST_REGION,
         # Through the environment, so the database password never shows in `ps`.
         "MLFLOW_BACKEND_STORE_URI": backend_store_uri,
         # The job runner (GenAI jobs) forks ~7 huey consumers of ~200 MB each; not needed here.
@@ -593,6 +719,63 @@ def start_mlflow(
         "MLflow server", lambda: http_ok(f"{url}/health"), proc, log_path, timeout
     )
     return handle
+
+
+def _mlflow_call(
+    url: str, path: str, body: dict[str, Any], admin: tuple[str, str], method: str = "POST"
+) -> tuple[int, str]:
+    """One JSON request to an MLflow server's REST API as `admin` (user, password)."""
+    token = base64.b64encode(":".join(admin).encode()).decode()
+    request = urllib.request.Request(
+        f"{url}{path}",
+        data=json.dumps(body).encode(),
+        method=method,
+        headers={"Content-Type": "application/json", "Authorization": f"Basic {token}"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return resp.status, resp.read().decode(errors="replace")
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode(errors="replace")
+
+
+def ensure_mlflow_user(
+    url: str, admin: tuple[str, str], username: str, password: str, edit_all: bool = False
+) -> None:
+    """A non-admin MLflow user with this password; `edit_all` lets it run experiments and
+    registered models (all of them, so those an admin made earlier too), never manage users.
+
+    Without `edit_all` the user reads what the server's default permission (READ) allows.
+    """
+    status, body = _mlflow_call(
+        url, "/api/2.0/mlflow/users/create", {"username": username, "password": password}, admin
+    )
+    if status != 200 and "RESOURCE_ALREADY_EXISTS" in body:
+        status, body = _mlflow_call(
+            url,
+            "/api/2.0/mlflow/users/update-password",
+            {"username": username, "password": password},
+            admin,
+            method="PATCH",
+        )
+    if status != 200:
+        raise ServiceError(f"MLflow user {username!r}: HTTP {status} {body[:300]}")
+    if not edit_all:
+        return
+    for resource_type in ("experiment", "registered_model"):
+        status, body = _mlflow_call(
+            url,
+            "/api/3.0/mlflow/users/permissions/grant",
+            {
+                "username": username,
+                "resource_type": resource_type,
+                "resource_id": "*",
+                "permission": "EDIT",
+            },
+            admin,
+        )
+        if status != 200 and "RESOURCE_ALREADY_EXISTS" not in body:
+            raise ServiceError(f"MLflow grant to {username!r}: HTTP {status} {body[:300]}")
 
 
 def _clean_env(prefixes: tuple[str, ...]) -> dict[str, str]:

@@ -1,8 +1,11 @@
-"""`pynomaly services up|down|status`: run PostgreSQL, S3, MLflow and Prefect on this machine.
+"""`pynomaly services up|down|status`: run PostgreSQL, MLflow and Prefect on this machine.
 
 `up` starts what is missing and leaves it running after the command exits; `source
-DIR/pynomaly.env` then points later commands at these services. Secrets are generated on the
-first start and kept in DIR/secrets.env (mode 0600), never printed.
+DIR/pynomaly.env` then points later commands at these services. Artifacts (MLflow's, snapshots,
+suites) live in DIR/artifacts, which survives restarts and which MLflow serves behind its
+login, or in an S3 bucket the operator names. Every component has its own PostgreSQL role and
+the CLI and worker an MLflow user without admin rights. Secrets are generated on the first
+start and kept in DIR/secrets.env (mode 0600), never printed.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Annotated, Any
 import typer
 
 services_app = typer.Typer(
-    help="Start, stop and check local PostgreSQL, S3 (moto), MLflow and Prefect servers.",
+    help="Start, stop and check local PostgreSQL, MLflow and Prefect servers.",
     no_args_is_help=True,
 )
 
@@ -30,18 +33,32 @@ DirOption = Annotated[
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
 
-# Start order; `down` goes the other way.
+# Start order; `down` goes the other way ("s3" is the moto server of earlier versions).
 ORDER = ("postgres", "s3", "mlflow", "prefect", "prefect-worker")
 WORK_POOL = "pynomaly-process"
 BUCKET = "pynomaly"
 RESULTS_DB = "pynomaly_results"
+# PostgreSQL role -> (the databases it owns, password secret). None is a superuser.
+PG_ROLES = {
+    "pynomaly_mlflow": (("mlflow",), "PG_MLFLOW_PASSWORD"),
+    "pynomaly_mlflow_auth": (("mlflow_auth",), "PG_MLFLOW_AUTH_PASSWORD"),
+    "pynomaly_prefect": (("prefect",), "PG_PREFECT_PASSWORD"),
+    "pynomaly_results": ((RESULTS_DB,), "PG_RESULTS_PASSWORD"),
+    "pynomaly_metrics": ((), "PG_METRICS_PASSWORD"),  # reads the results database only
+}
+# Restore drills make scratch databases of the backed-up ones; these roles back them up.
+PG_CREATEDB = {"pynomaly_mlflow", "pynomaly_results"}
+# MLflow logins: the platform (CLI and worker) edits experiments and models; metrics reads.
+MLFLOW_PLATFORM_USER = "pynomaly"
+MLFLOW_METRICS_USER = "pynomaly-metrics"
 SECRET_NAMES = (
     "POSTGRES_PASSWORD",
     "MLFLOW_ADMIN_PASSWORD",
     "MLFLOW_FLASK_SECRET_KEY",
     "PREFECT_AUTH_STRING",
-    "S3_ACCESS_KEY",
-    "S3_SECRET_KEY",
+    "MLFLOW_PLATFORM_PASSWORD",
+    "MLFLOW_METRICS_PASSWORD",
+    *(secret for _, secret in PG_ROLES.values()),
 )
 
 
@@ -63,14 +80,37 @@ class Layout:
     def env(self) -> Path:
         return self.root / "pynomaly.env"
 
+    @property
+    def metrics_env(self) -> Path:
+        return self.root / "metrics.env"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
+
+
+def _home() -> Path:
+    """The platform home (settings read now, lazily)."""
+    from deployments.settings import Settings
+
+    return Settings().home_dir
+
 
 def _layout(folder: Path | None) -> Layout:
-    """The services folder: --dir, else $PYNOMALY_HOME/services (settings read now, lazily)."""
+    """The services folder: --dir, else $PYNOMALY_HOME/services."""
     if folder is None:
-        from deployments.settings import Settings
-
-        folder = Settings().home_dir / "services"
+        folder = _home() / "services"
     return Layout(folder.expanduser().resolve())
+
+
+def _read_env_file(path: Path) -> dict[str, str]:
+    """NAME=value lines of an env file (values shell-quoted)."""
+    found: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not key.startswith("#"):
+            found[key.strip()] = shlex.split(value)[0] if value.strip() else ""
+    return found
 
 
 def _load_state(layout: Layout) -> dict[str, Any]:
@@ -80,21 +120,16 @@ def _load_state(layout: Layout) -> dict[str, Any]:
 
 
 def _save_state(layout: Layout, state: dict[str, Any]) -> None:
-    tmp = layout.state.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2) + "\n")
-    tmp.replace(layout.state)
+    from deployments import services
+
+    services.write_private(layout.state, json.dumps(state, indent=2) + "\n")
 
 
 def _load_secrets(layout: Layout) -> dict[str, str]:
     """Secrets from secrets.env, generating (and saving, mode 0600) any that are missing."""
     from deployments import services
 
-    found: dict[str, str] = {}
-    if layout.secrets.exists():
-        for line in layout.secrets.read_text().splitlines():
-            key, sep, value = line.partition("=")
-            if sep and not key.startswith("#"):
-                found[key.strip()] = shlex.split(value)[0] if value.strip() else ""
+    found = _read_env_file(layout.secrets) if layout.secrets.exists() else {}
     missing = [name for name in SECRET_NAMES if not found.get(name)]
     if missing or not layout.secrets.exists():
         for name in missing:
@@ -135,47 +170,60 @@ def _record(handle: Any, **extra: Any) -> dict[str, Any]:
     }
 
 
+def _pg_url(port: int, role: str, secrets: dict[str, str], database: str) -> str:
+    """psycopg2 URL of `database` as one of the component roles of PG_ROLES."""
+    password = secrets[PG_ROLES[role][1]]
+    return f"postgresql+psycopg2://{role}:{password}@127.0.0.1:{port}/{database}"
+
+
 def _client_env(state: dict[str, Any], secrets: dict[str, str]) -> dict[str, str]:
-    """Variables that point Pynomaly, MLflow, Prefect and boto3 clients at these services."""
+    """Variables that point Pynomaly, MLflow and Prefect clients (the CLI, the worker) at these
+    services, each with the least it needs: its own database role, a non-admin MLflow login."""
     svc, ext = state["services"], state["external"]
     env: dict[str, str] = {}
-    s3_url = ext.get("s3") or svc.get("s3", {}).get("url")
     if "postgres" in svc:
         port = svc["postgres"]["port"]
-        env["PYNOMALY_RESULTS_DB_URL"] = (
-            f"postgresql+psycopg2://postgres:{secrets['POSTGRES_PASSWORD']}"
-            f"@127.0.0.1:{port}/{RESULTS_DB}"
-        )
-    if s3_url:
-        env["PYNOMALY_S3_ENDPOINT_URL"] = s3_url
-        env["PYNOMALY_ARTIFACT_ROOT"] = f"s3://{BUCKET}/artifacts"
-        if "s3" in svc:
-            env["AWS_ACCESS_KEY_ID"] = secrets["S3_ACCESS_KEY"]
-            env["AWS_SECRET_ACCESS_KEY"] = secrets["S3_SECRET_KEY"]
-            env["AWS_DEFAULT_REGION"] = "us-east-1"
+        env["PYNOMALY_RESULTS_DB_URL"] = _pg_url(port, "pynomaly_results", secrets, RESULTS_DB)
+    if state.get("artifacts"):
+        env["PYNOMALY_ARTIFACT_ROOT"] = state["artifacts"]
+    if ext.get("s3"):
+        env["PYNOMALY_S3_ENDPOINT_URL"] = ext["s3"]
     if "mlflow" in svc:
         env["PYNOMALY_TRACKING_URI"] = svc["mlflow"]["url"]
         if "postgres" in svc:
             # Backups dump the server's database directly, not through its REST API.
-            env["PYNOMALY_MLFLOW_BACKEND_URI"] = (
-                f"postgresql+psycopg2://postgres:{secrets['POSTGRES_PASSWORD']}"
-                f"@127.0.0.1:{svc['postgres']['port']}/mlflow"
+            env["PYNOMALY_MLFLOW_BACKEND_URI"] = _pg_url(
+                svc["postgres"]["port"], "pynomaly_mlflow", secrets, "mlflow"
             )
-        env["MLFLOW_TRACKING_USERNAME"] = "admin"
-        env["MLFLOW_TRACKING_PASSWORD"] = secrets["MLFLOW_ADMIN_PASSWORD"]
+        env["MLFLOW_TRACKING_USERNAME"] = MLFLOW_PLATFORM_USER
+        env["MLFLOW_TRACKING_PASSWORD"] = secrets["MLFLOW_PLATFORM_PASSWORD"]
     if "prefect" in svc:
         env["PREFECT_API_URL"] = svc["prefect"]["url"]
         env["PREFECT_API_AUTH_STRING"] = secrets["PREFECT_AUTH_STRING"]
     return env
 
 
-def _write_env_file(layout: Layout, env: dict[str, str]) -> None:
+def _metrics_env(state: dict[str, Any], secrets: dict[str, str]) -> dict[str, str]:
+    """What `pynomaly metrics serve` and `health` need: read-only logins, nothing that writes."""
+    env = _client_env(state, secrets)
+    for name in ("PYNOMALY_MLFLOW_BACKEND_URI", "PREFECT_API_URL", "PREFECT_API_AUTH_STRING"):
+        env.pop(name, None)
+    if "PYNOMALY_RESULTS_DB_URL" in env:
+        port = state["services"]["postgres"]["port"]
+        env["PYNOMALY_RESULTS_DB_URL"] = _pg_url(port, "pynomaly_metrics", secrets, RESULTS_DB)
+    if "MLFLOW_TRACKING_USERNAME" in env:
+        env["MLFLOW_TRACKING_USERNAME"] = MLFLOW_METRICS_USER
+        env["MLFLOW_TRACKING_PASSWORD"] = secrets["MLFLOW_METRICS_PASSWORD"]
+    return env
+
+
+def _write_env_file(path: Path, env: dict[str, str], what: str) -> None:
     from deployments import services
 
-    text = "# source this file to use the services started by `pynomaly services up`\n"
+    text = f"# source this file {what}\n"
     text += "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
     # Private: it carries passwords, like secrets.env.
-    services.write_private(layout.env, text)
+    services.write_private(path, text)
 
 
 def _external(name: str, state: dict[str, Any]) -> str | None:
@@ -197,13 +245,42 @@ def _external(name: str, state: dict[str, Any]) -> str | None:
     return configured
 
 
+def _artifact_root(layout: Layout, state: dict[str, Any]) -> str:
+    """Where artifacts go: an S3 bucket the operator names (PYNOMALY_ARTIFACT_ROOT=s3://...,
+    and PYNOMALY_S3_ENDPOINT_URL for MinIO or another S3 service, unset for AWS; an endpoint
+    alone means s3://pynomaly/artifacts there), else the folder DIR/artifacts."""
+    from deployments.settings import Settings
+
+    root = Settings().artifact_root
+    if root and root.startswith("s3://"):
+        return root.rstrip("/")
+    if _external("s3", state):
+        return f"s3://{BUCKET}/artifacts"
+    return str(layout.artifacts)
+
+
 @services_app.command()
 def up(folder: DirOption = None, as_json: JsonOption = False) -> None:
     """Start the services that are not running yet and write DIR/pynomaly.env."""
-    from data_checks.errors import InputError
     from deployments import services
 
+    with services.private_umask():
+        _up(folder, as_json)
+
+
+def _up(folder: Path | None, as_json: bool) -> None:
+    from data_checks.errors import InputError
+    from deployments import services
+    from deployments.settings import refuse_placeholders
+
     layout = _layout(folder)
+    try:
+        refuse_placeholders(dict(os.environ))
+        if layout.secrets.exists():
+            refuse_placeholders(_read_env_file(layout.secrets), where=str(layout.secrets))
+    except InputError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
     if (layout.root / "postgres" / "data" / "PG_VERSION").exists() and not layout.secrets.exists():
         typer.echo(
             f"error: {layout.secrets} is missing but the PostgreSQL cluster in "
@@ -213,9 +290,13 @@ def up(folder: DirOption = None, as_json: JsonOption = False) -> None:
         )
         raise typer.Exit(2)
     began = time.monotonic()
-    layout.root.mkdir(parents=True, exist_ok=True)
-    # PostgreSQL runs as the `postgres` user, which must be able to enter this folder.
+    layout.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # PostgreSQL runs as the `postgres` user, which must be able to enter this folder (and,
+    # when it sits in the private platform home, that home): traverse only, never list.
     layout.root.chmod(0o711)
+    home = _home()
+    if os.geteuid() == 0 and layout.root.is_relative_to(home) and home.is_dir():
+        home.chmod(0o711)
     state = _load_state(layout)
     secrets = _load_secrets(layout)
     svc, ext = state["services"], state["external"]
@@ -242,6 +323,11 @@ def up(folder: DirOption = None, as_json: JsonOption = False) -> None:
             else:
                 ext.pop(name, None)
         need_pg = not (ext.get("mlflow") and ext.get("prefect") and ext.get("postgres"))
+        state["artifacts"] = _artifact_root(layout, state)
+        if "s3" in svc and _recorded_alive(svc["s3"]):
+            # A moto server of an earlier version: its memory is no place for artifacts.
+            services.stop_group(svc["s3"]["pid"])
+            svc["s3"]["pid"] = None
 
         # PostgreSQL: MLflow's and Prefect's stores and the results database
         pg = None
@@ -265,29 +351,33 @@ def up(folder: DirOption = None, as_json: JsonOption = False) -> None:
                 svc["postgres"] = _record(pg, url=f"postgresql://127.0.0.1:{pg.port}/")
                 _save_state(layout, state)
                 note("postgres", "started", pg.startup_seconds)
-            for db in (RESULTS_DB, "mlflow", "mlflow_auth", "prefect"):
-                pg.create_database(db, exist_ok=True)
+            # One role per component, owning only its database; none is a superuser.
+            for role, (databases, secret) in PG_ROLES.items():
+                pg.ensure_role(role, secrets[secret], createdb=role in PG_CREATEDB)
+                for db in databases:
+                    pg.ensure_database(db, owner=role)
+            pg.grant_read_only(RESULTS_DB, reader="pynomaly_metrics", writer="pynomaly_results")
 
-        # S3 (moto): artifacts of MLflow and of the platform
-        s3_key, s3_secret = secrets["S3_ACCESS_KEY"], secrets["S3_SECRET_KEY"]
-        if ext.get("s3"):
-            s3_url = ext["s3"]
-            # An external S3 takes the credentials of this environment.
-            s3_key = os.environ.get("AWS_ACCESS_KEY_ID", "")
-            s3_secret = os.environ.get("AWS_SECRET_ACCESS_KEY", "")
-            note("s3", "external")
-        elif _recorded_alive(svc.get("s3")):
-            s3_url = svc["s3"]["url"]
-            note("s3", "already running")
+        # Artifacts: DIR/artifacts (kept across restarts), or the operator's S3 bucket
+        artifacts = state["artifacts"]
+        s3_url = ext.get("s3")
+        # S3 takes the credentials of this environment (only the MLflow server gets them).
+        s3_key = os.environ.get("AWS_ACCESS_KEY_ID")
+        s3_secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
+        if artifacts.startswith("s3://"):
+            report["s3"] = {"status": "external", "url": s3_url or "AWS"}
+            if not as_json:
+                typer.echo(f"{'s3':<15} external  {s3_url or 'AWS'} ({artifacts})")
+            bucket = artifacts.removeprefix("s3://").split("/", 1)[0]
+            try:
+                services.create_bucket(s3_url, bucket, s3_key, s3_secret, versioned=True)
+            except Exception as exc:  # noqa: BLE001 - any S3 failure: one line naming it
+                where = f"S3 bucket {bucket} at {s3_url or 'AWS'}"
+                raise services.ServiceError(f"{where}: {exc}") from exc
         else:
-            moto = services.start_moto(layout.root, port=previous_port("s3"))
-            s3_url = moto.url
-            svc["s3"] = _record(moto)
-            _save_state(layout, state)
-            note("s3", "started", moto.startup_seconds)
-        services.create_bucket(s3_url, BUCKET, s3_key, s3_secret, versioned=True)
+            Path(artifacts).mkdir(mode=0o700, parents=True, exist_ok=True)
 
-        # MLflow tracking server: PostgreSQL store, artifacts proxied to S3, basic auth
+        # MLflow tracking server: PostgreSQL store, artifacts proxied, basic auth
         if ext.get("mlflow"):
             note("mlflow", "external")
         elif _recorded_alive(svc.get("mlflow")):
@@ -296,15 +386,15 @@ def up(folder: DirOption = None, as_json: JsonOption = False) -> None:
             assert pg is not None
             mlflow = services.start_mlflow(
                 layout.root / "mlflow",
-                backend_store_uri=pg.database_url("mlflow"),
+                backend_store_uri=_pg_url(pg.port, "pynomaly_mlflow", secrets, "mlflow"),
                 # Under the platform's artifact root, as in embedded mode: one backup holds both.
-                artifacts_destination=f"s3://{BUCKET}/artifacts/mlflow",
+                artifacts_destination=f"{artifacts}/mlflow",
                 s3_endpoint_url=s3_url,
                 aws_access_key_id=s3_key,
                 aws_secret_access_key=s3_secret,
                 auth=services.MlflowAuth(
                     admin_password=secrets["MLFLOW_ADMIN_PASSWORD"],
-                    database_uri=pg.database_url("mlflow_auth"),
+                    database_uri=_pg_url(pg.port, "pynomaly_mlflow_auth", secrets, "mlflow_auth"),
                     secret_key=secrets["MLFLOW_FLASK_SECRET_KEY"],
                 ),
                 port=previous_port("mlflow"),
@@ -312,6 +402,16 @@ def up(folder: DirOption = None, as_json: JsonOption = False) -> None:
             svc["mlflow"] = _record(mlflow)
             _save_state(layout, state)
             note("mlflow", "started", mlflow.startup_seconds)
+        if not ext.get("mlflow"):
+            # The admin login stays here, for user management; clients get their own users.
+            admin = ("admin", secrets["MLFLOW_ADMIN_PASSWORD"])
+            url = svc["mlflow"]["url"]
+            services.ensure_mlflow_user(
+                url, admin, MLFLOW_PLATFORM_USER, secrets["MLFLOW_PLATFORM_PASSWORD"], True
+            )
+            services.ensure_mlflow_user(
+                url, admin, MLFLOW_METRICS_USER, secrets["MLFLOW_METRICS_PASSWORD"]
+            )
 
         # Prefect server on PostgreSQL with an API auth string, a process pool and a worker
         auth = secrets["PREFECT_AUTH_STRING"]
@@ -324,7 +424,11 @@ def up(folder: DirOption = None, as_json: JsonOption = False) -> None:
                 assert pg is not None
                 prefect = services.start_prefect(
                     layout.root / "prefect",
-                    pg.database_url("prefect", "postgresql+asyncpg"),
+                    pg.database_url(
+                        "prefect",
+                        "postgresql+asyncpg",
+                        login=("pynomaly_prefect", secrets["PG_PREFECT_PASSWORD"]),
+                    ),
                     auth_string=auth,
                     port=previous_port("prefect"),
                     ui=True,
@@ -367,10 +471,25 @@ def up(folder: DirOption = None, as_json: JsonOption = False) -> None:
         raise typer.Exit(code) from err
 
     _save_state(layout, state)
-    _write_env_file(layout, _client_env(state, secrets))
+    _write_env_file(
+        layout.env, _client_env(state, secrets), "to use the services `pynomaly services up` runs"
+    )
+    _write_env_file(
+        layout.metrics_env,
+        _metrics_env(state, secrets),
+        "for `pynomaly metrics serve` and `health`: read-only logins",
+    )
     if as_json:
         typer.echo(
-            json.dumps({"dir": str(layout.root), "env_file": str(layout.env), "services": report})
+            json.dumps(
+                {
+                    "dir": str(layout.root),
+                    "env_file": str(layout.env),
+                    "metrics_env_file": str(layout.metrics_env),
+                    "artifact_root": state["artifacts"],
+                    "services": report,
+                }
+            )
         )
     else:
         typer.echo(f"\nready in {time.monotonic() - began:.1f} s; to use these services:")

@@ -93,12 +93,34 @@ def get_settings() -> Settings:
     return Settings()
 
 
+# The placeholder of .env.example: a value holding it was never replaced by a real secret.
+PLACEHOLDER = "change-me"
+# Variables the platform, its services and their clients read (their secrets among them).
+CHECKED_PREFIXES = ("PYNOMALY_", "MLFLOW_", "PREFECT_", "AWS_", "POSTGRES_", "MINIO_", "PG")
+
+
+def refuse_placeholders(values: dict[str, str], where: str = "the environment") -> None:
+    """Raise InputError naming the first variable whose value still holds `change-me`."""
+    from data_checks.errors import InputError
+
+    for name in sorted(values):
+        if name.startswith(CHECKED_PREFIXES) and PLACEHOLDER in values[name].lower():
+            raise InputError(
+                f"{name} in {where} holds the placeholder {PLACEHOLDER!r} from .env.example; "
+                "set a real secret (python -c 'import secrets; print(secrets.token_urlsafe(24))')"
+            )
+
+
 def apply_runtime_environment(settings: Settings) -> None:
     """Point Prefect, MLflow and boto3 at this platform's state; call once at the edge.
 
     Prefect reads its settings when it is first imported, so this must run before that.
     Values the user set explicitly in the environment win.
     """
+    refuse_placeholders(dict(os.environ))
+    # Embedded state is private: the home, SQLite files, keys and artifacts this process (and
+    # Prefect's and MLflow's code in it) creates are 0600/0700 from their creation.
+    os.umask(0o077)
     settings.home_dir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_HOME", str(settings.prefect_home))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

@@ -7,6 +7,17 @@
 set -eu
 : "${MLFLOW_BACKEND_STORE_URI:?}" "${MLFLOW_AUTH_DATABASE_URI:?}" "${MLFLOW_ARTIFACTS_DESTINATION:?}"
 : "${MLFLOW_AUTH_ADMIN_PASSWORD:?}" "${MLFLOW_FLASK_SERVER_SECRET_KEY:?}" "${MLFLOW_SERVER_ALLOWED_HOSTS:?}"
+# A value still holding .env.example's placeholder is refused, naming the variable.
+for name in MLFLOW_BACKEND_STORE_URI MLFLOW_AUTH_DATABASE_URI MLFLOW_AUTH_ADMIN_PASSWORD \
+    MLFLOW_FLASK_SERVER_SECRET_KEY AWS_SECRET_ACCESS_KEY; do
+    eval "value=\${$name:-}"
+    case "$value" in
+    *change-me*)
+        echo "error: $name holds the placeholder 'change-me' from .env.example: set a real secret" >&2
+        exit 2
+        ;;
+    esac
+done
 umask 077
 config_dir="$(mktemp -d)"
 cat > "$config_dir/basic_auth.ini" <<INI

@@ -50,6 +50,81 @@ def test_each_pg_url_is_a_new_empty_database(pg_server: services.PostgresServer)
         pg_server.drop_database("fresh_db_check")
 
 
+def test_component_roles_own_only_their_database(pg_server: services.PostgresServer) -> None:
+    """A database made by the superuser moves to its component's role with its tables; roles
+    are no superusers and reach no other component's database; the reader only reads."""
+    import psycopg2
+    import sqlalchemy as sa
+
+    pg_server.create_database("roles_own")  # as before roles existed: the superuser owns it
+    legacy = sa.create_engine(pg_server.database_url("roles_own"))
+    with legacy.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE rows (id serial PRIMARY KEY, v int)"))
+        conn.execute(sa.text("CREATE SEQUENCE loose_seq"))
+        conn.execute(sa.text("CREATE TYPE mood AS ENUM ('ok', 'bad')"))
+        conn.execute(sa.text("INSERT INTO rows (v) VALUES (1)"))
+    legacy.dispose()
+    pg_server.create_database("roles_other")
+    try:
+        pg_server.ensure_role("roles_writer", "writer-pw", createdb=True)
+        pg_server.ensure_role("roles_reader", "reader-pw")
+        pg_server.ensure_role("roles_writer", "writer-pw2", createdb=True)  # again: new password
+        pg_server.ensure_database("roles_own", owner="roles_writer")
+        pg_server.ensure_database("roles_other", owner="roles_reader")
+        pg_server.grant_read_only("roles_own", reader="roles_reader", writer="roles_writer")
+
+        writer = sa.create_engine(
+            pg_server.database_url("roles_own", login=("roles_writer", "writer-pw2"))
+        )
+        with writer.begin() as conn:
+            conn.execute(sa.text("INSERT INTO rows (v) VALUES (2)"))  # its serial sequence moved
+            conn.execute(sa.text("SELECT nextval('loose_seq')"))
+            conn.execute(sa.text("ALTER TYPE mood ADD VALUE 'meh'"))
+            conn.execute(sa.text("ALTER TABLE rows ADD COLUMN note text"))  # owner: migrations
+            conn.execute(sa.text("CREATE TABLE later (x int)"))
+            conn.execute(sa.text("INSERT INTO later VALUES (7)"))
+        writer.dispose()
+
+        reader = sa.create_engine(
+            pg_server.database_url("roles_own", login=("roles_reader", "reader-pw"))
+        )
+        with reader.connect() as conn:
+            assert conn.execute(sa.text("SELECT sum(v) FROM rows")).scalar() == 3
+            assert conn.execute(sa.text("SELECT x FROM later")).scalar() == 7  # made later
+        with (
+            pytest.raises(sa.exc.ProgrammingError, match="permission denied"),
+            reader.begin() as conn,
+        ):
+            conn.execute(sa.text("INSERT INTO rows (v) VALUES (3)"))
+        reader.dispose()
+
+        # The writer reaches neither another component's database nor the superuser's powers.
+        with pytest.raises(psycopg2.OperationalError, match="permission denied"):
+            psycopg2.connect(
+                host=services.HOST,
+                port=pg_server.port,
+                user="roles_writer",
+                password="writer-pw2",
+                dbname="roles_other",
+            ).close()
+        admin = sa.create_engine(pg_server.database_url())
+        with admin.connect() as conn:
+            rows = conn.execute(
+                sa.text(
+                    "SELECT rolname, rolsuper, rolcreaterole, rolcreatedb FROM pg_roles "
+                    "WHERE rolname LIKE 'roles_%' ORDER BY rolname"
+                )
+            ).all()
+        admin.dispose()
+        assert [tuple(r) for r in rows] == [
+            ("roles_reader", False, False, False),
+            ("roles_writer", False, False, True),
+        ]
+    finally:
+        pg_server.drop_database("roles_own")
+        pg_server.drop_database("roles_other")
+
+
 def test_s3_put_and_get(s3_endpoint: str, s3_bucket: str) -> None:
     import boto3
 
@@ -182,15 +257,63 @@ print(json.dumps({"state": run.state.type.value, "seconds": round(time.monotonic
 """
 
 
+def _pynomaly(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Run `python -m deployments.cli ...` as a separate process."""
+    return subprocess.run(
+        [sys.executable, "-m", "deployments.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def _env_file(path: Path) -> dict[str, str]:
+    """The variables of an env file written by `services up` (NAME=value or export ...),
+    unquoted."""
+    import shlex
+
+    return {
+        k: shlex.split(v)[0] if v else ""
+        for k, v in (
+            line.removeprefix("export ").split("=", 1)
+            for line in path.read_text().splitlines()
+            if "=" in line and not line.startswith("#")
+        )
+    }
+
+
+def _champion_folder(tracking_uri: str, login: tuple[str, str], model: str, root: Path) -> Path:
+    """The local folder under DIR/artifacts that holds the champion's model files."""
+    from mlflow import MlflowClient
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_USERNAME", login[0])
+        mp.setenv("MLFLOW_TRACKING_PASSWORD", login[1])
+        client = MlflowClient(tracking_uri=tracking_uri)
+        source = client.get_model_version_by_alias(model, "champion").source
+        if source.startswith("models:/"):
+            source = client.get_logged_model(source.rsplit("/", 1)[-1]).artifact_location
+    assert source.startswith("mlflow-artifacts:/"), source  # proxied by the server
+    folder = root / "mlflow" / source.removeprefix("mlflow-artifacts:").lstrip("/")
+    assert (folder / "MLmodel").is_file(), folder
+    return folder
+
+
 def test_services_up_deploy_trigger_browse_down() -> None:
     """Issue 6's whole path as a user runs it, each step a separate process: services up, status,
     deploy, a triggered pipeline deployment (what the UI's Run button does) run by the worker
-    that `up` started, both UIs checked in headless Chromium, services down."""
-    import shlex
+    that `up` started, both UIs checked in headless Chromium, services down.
+
+    Issue 10: nothing lost, nobody in. Every component has its own PostgreSQL role and the
+    clients a non-admin MLflow login; artifacts live in DIR/artifacts, private, and survive
+    `down` and `up`: the champion still scores and a backup taken before the restart restores
+    after it; `health` names a champion whose artifacts are gone."""
     import shutil
     import tempfile
 
     import mlflow
+    import pandas as pd
 
     from deployments.demo import LABEL, build_demo_files
 
@@ -204,30 +327,47 @@ def test_services_up_deploy_trigger_browse_down() -> None:
         if not k.startswith(("PYNOMALY_", "PREFECT_", "MLFLOW_", "AWS_"))
     }
     env["PYNOMALY_HOME"] = str(root / "home")
-    names = ["postgres", "s3", "mlflow", "prefect", "prefect-worker"]
+    names = ["postgres", "mlflow", "prefect", "prefect-worker"]
     try:
         up = _cli(["up", "--dir", str(folder), "--json"], env)
         assert up.returncode == 0, up.stdout + up.stderr
         report = json.loads(up.stdout)
-        assert {n: report["services"][n]["status"] for n in names} == dict.fromkeys(
+        # No S3 server: moto is for tests only.
+        assert {n: r["status"] for n, r in report["services"].items()} == dict.fromkeys(
             names, "started"
         )
 
-        assert (folder / "secrets.env").stat().st_mode & 0o777 == 0o600
-        assert (folder / "pynomaly.env").stat().st_mode & 0o777 == 0o600
-        client = dict(
-            line.removeprefix("export ").split("=", 1)
-            for line in (folder / "pynomaly.env").read_text().splitlines()
-            if line.startswith("export ")
+        for name in ("secrets.env", "pynomaly.env", "metrics.env", "state.json"):
+            assert (folder / name).stat().st_mode & 0o777 == 0o600, name
+        artifacts = folder / "artifacts"
+        assert report["artifact_root"] == str(artifacts)
+        assert artifacts.stat().st_mode & 0o777 == 0o700
+        client = _env_file(folder / "pynomaly.env")
+        assert client["PYNOMALY_RESULTS_DB_URL"].startswith(
+            "postgresql+psycopg2://pynomaly_results:"
         )
-        assert client["PYNOMALY_RESULTS_DB_URL"].startswith("postgresql+psycopg2://")
-        assert client["PYNOMALY_ARTIFACT_ROOT"] == "s3://pynomaly/artifacts"
+        assert client["PYNOMALY_MLFLOW_BACKEND_URI"].startswith(
+            "postgresql+psycopg2://pynomaly_mlflow:"
+        )
+        assert client["PYNOMALY_ARTIFACT_ROOT"] == str(artifacts)
+        assert not [k for k in client if k.startswith("AWS_") or "S3" in k]
+        secrets = _env_file(folder / "secrets.env")
+        assert client["MLFLOW_TRACKING_USERNAME"] == "pynomaly"
+        # Neither the superuser's nor the MLflow admin's password reaches a client.
+        env_text = (folder / "pynomaly.env").read_text() + (folder / "metrics.env").read_text()
+        for name in ("POSTGRES_PASSWORD", "MLFLOW_ADMIN_PASSWORD", "PG_MLFLOW_AUTH_PASSWORD"):
+            assert secrets[name] not in env_text, name
 
         status = _cli(["status", "--dir", str(folder), "--json"], env)
         assert status.returncode == 0, status.stdout + status.stderr
         health = json.loads(status.stdout)
         assert health["healthy"] is True
         assert all(health["services"][n]["healthy"] for n in names)
+        worker_environ = Path(f"/proc/{health['services']['prefect-worker']['pid']}/environ")
+        worker_env = worker_environ.read_bytes().decode(errors="replace")
+        assert "MLFLOW_TRACKING_PASSWORD=" + client["MLFLOW_TRACKING_PASSWORD"] in worker_env
+        for name in ("POSTGRES_PASSWORD", "MLFLOW_ADMIN_PASSWORD"):
+            assert secrets[name] not in worker_env, name
 
         # Auth is on: MLflow wants the admin login, Prefect the auth string.
         mlflow_url = client["PYNOMALY_TRACKING_URI"]
@@ -235,20 +375,24 @@ def test_services_up_deploy_trigger_browse_down() -> None:
         login = (client["MLFLOW_TRACKING_USERNAME"], client["MLFLOW_TRACKING_PASSWORD"])
         assert _get_status(search) == 401
         assert _get_status(search, login) == 200
+        # The platform's login is no admin: it cannot manage users; the admin can.
+        body = {"username": "intruder", "password": "intruder-password-1"}
+        code, _ = services._mlflow_call(mlflow_url, "/api/2.0/mlflow/users/create", body, login)
+        assert code == 403
+        assert (
+            _get_status(
+                f"{mlflow_url}/api/2.0/mlflow/users/get?username=pynomaly",
+                ("admin", secrets["MLFLOW_ADMIN_PASSWORD"]),
+            )
+            == 200
+        )
         prefect_url = client["PREFECT_API_URL"]
         assert _get_status(f"{prefect_url}/work_pools/pynomaly-process") == 401
         prefect_login = tuple(client["PREFECT_API_AUTH_STRING"].split(":", 1))
         assert _get_status(f"{prefect_url}/work_pools/pynomaly-process", prefect_login) == 200
 
         # Deploy and trigger with the settings `source pynomaly.env` gives a shell
-        user_env = {
-            **env,
-            **{
-                k: shlex.split(v)[0] if v else ""
-                for k, v in client.items()
-                if k != "PYNOMALY_HOME"  # the worker's own home, as `up` set it
-            },
-        }
+        user_env = {**env, **client}
         deployed = subprocess.run(
             [sys.executable, "-m", "deployments.cli", "deploy", "--name", "pipeline", "--json"],
             env=user_env,
@@ -309,6 +453,116 @@ def test_services_up_deploy_trigger_browse_down() -> None:
         for check in checks.values():
             assert Path(check["screenshot"]).stat().st_size > 10_000, check
 
+        # Least privilege in PostgreSQL: the results role reaches no other database, the
+        # metrics role only reads, no component role is a superuser.
+        import psycopg2
+        import sqlalchemy as sa
+
+        port = json.loads(status.stdout)["services"]["postgres"]["port"]
+        with pytest.raises(psycopg2.OperationalError, match="permission denied"):
+            psycopg2.connect(
+                host="127.0.0.1",
+                port=port,
+                user="pynomaly_results",
+                password=secrets["PG_RESULTS_PASSWORD"],
+                dbname="mlflow",
+            ).close()
+        metrics = _env_file(folder / "metrics.env")
+        reader = sa.create_engine(metrics["PYNOMALY_RESULTS_DB_URL"])
+        with reader.connect() as conn:
+            scored = conn.execute(sa.text("SELECT count(*) FROM detection_results")).scalar()
+        assert scored > 0
+        with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):
+            with reader.begin() as conn:
+                conn.execute(sa.text("DELETE FROM detection_results"))
+        reader.dispose()
+        superuser = sa.create_engine(
+            f"postgresql+psycopg2://postgres:{secrets['POSTGRES_PASSWORD']}@127.0.0.1:{port}/postgres"
+        )
+        with superuser.connect() as conn:
+            supers = conn.execute(sa.text("SELECT rolname FROM pg_roles WHERE rolsuper")).all()
+            owners = dict(
+                conn.execute(
+                    sa.text(
+                        "SELECT datname, pg_get_userbyid(datdba) FROM pg_database "
+                        "WHERE datname IN ('mlflow', 'mlflow_auth', 'prefect', 'pynomaly_results')"
+                    )
+                ).all()
+            )
+        superuser.dispose()
+        assert [r[0] for r in supers] == ["postgres"]
+        assert owners == {
+            "mlflow": "pynomaly_mlflow",
+            "mlflow_auth": "pynomaly_mlflow_auth",
+            "prefect": "pynomaly_prefect",
+            "pynomaly_results": "pynomaly_results",
+        }
+
+        # Artifacts: in DIR/artifacts, private, and what the worker made in the home too
+        login = (client["MLFLOW_TRACKING_USERNAME"], client["MLFLOW_TRACKING_PASSWORD"])
+        champion_folder = _champion_folder(mlflow_url, login, model, artifacts)
+        home = root / "home"
+        assert home.stat().st_mode & 0o777 == 0o700
+        readable = [
+            str(p)
+            for base in (artifacts, home, folder / "mlflow", folder / "prefect")
+            for p in base.rglob("*")
+            if not p.is_symlink() and p.stat().st_mode & 0o077
+        ]
+        assert readable == []
+
+        # A backup, then services down and up: the champion still loads and scores
+        backed = _pynomaly(["backup", "create", "--json"], user_env)
+        assert backed.returncode == 0, backed.stdout + backed.stderr
+        backup_id = json.loads(backed.stdout)["id"]
+        down = _cli(["down", "--dir", str(folder), "--json"], env)
+        assert down.returncode == 0, down.stdout + down.stderr
+        again = _cli(["up", "--dir", str(folder), "--json"], env)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert json.loads(again.stdout)["artifact_root"] == str(artifacts)
+        client = _env_file(folder / "pynomaly.env")
+        user_env = {**env, **client}
+        rescored = _pynomaly(
+            [
+                "score",
+                str(files["batch"]),
+                "--model",
+                model,
+                "--batch-id",
+                "after-restart",
+                "--json",
+            ],
+            user_env,
+        )
+        assert rescored.returncode == 0, rescored.stdout + rescored.stderr
+        results = sa.create_engine(client["PYNOMALY_RESULTS_DB_URL"])
+        with results.connect() as conn:
+            rows = conn.execute(
+                sa.text("SELECT count(*) FROM detection_results WHERE batch_id = 'after-restart'")
+            ).scalar()
+        results.dispose()
+        assert rows == len(pd.read_csv(files["batch"]))
+        healthy = _pynomaly(["health", "--json"], user_env)
+        assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+        assert json.loads(healthy.stdout)["checks"][f"champion:{model}"]["ok"] is True
+
+        # ... and the backup taken before the restart restores after it
+        restored = _pynomaly(["backup", "restore", backup_id, "--yes", "--json"], user_env)
+        assert restored.returncode == 0, restored.stdout + restored.stderr
+        assert json.loads(restored.stdout)["verification"]["champions_checked"] == 1
+
+        # A champion whose artifacts are gone makes `health` fail, naming the model
+        shutil.rmtree(champion_folder)
+        broken = _pynomaly(["health", "--json"], user_env)
+        assert broken.returncode == 1, broken.stdout + broken.stderr
+        check = json.loads(broken.stdout)["checks"][f"champion:{model}"]
+        assert check["ok"] is False and model in check["detail"], check
+        broken_text = _pynomaly(["health"], user_env)
+        assert broken_text.returncode == 1
+        assert f"champion:{model}" in broken_text.stdout
+
+        status = _cli(["status", "--dir", str(folder), "--json"], env)
+        health = json.loads(status.stdout)
         pids = {n: health["services"][n]["pid"] for n in names}
         down = _cli(["down", "--dir", str(folder), "--json"], env)
         assert down.returncode == 0, down.stdout + down.stderr
@@ -320,7 +574,7 @@ def test_services_up_deploy_trigger_browse_down() -> None:
         assert {n: services.group_pids(p) for n, p in pids.items()} == dict.fromkeys(names, [])
 
         # Secrets stay in the 0600 files: none of them was printed.
-        printed = up.stdout + up.stderr + status.stdout + down.stdout
+        printed = up.stdout + up.stderr + again.stdout + status.stdout + down.stdout
         secret_values = [
             line.split("=", 1)[1]
             for line in (folder / "secrets.env").read_text().splitlines()
