@@ -7,6 +7,7 @@ every row), so the same content is the same version whatever the file it came fr
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import json
@@ -29,6 +30,15 @@ CSV_SUFFIXES = {".csv", ".txt", ".tsv"}
 OTHER_DELIMITERS = [";", "\t", "|"]
 # An object column whose values parse as numbers this often is a numeric column with bad text.
 NUMERIC_SHARE = 0.9
+# Leading bytes of files that are not CSV text, whatever their name says.
+BINARY_MAGIC = {
+    b"\x1f\x8b": "gzip-compressed",
+    b"BZh": "bzip2-compressed",
+    b"\xfd7zXZ\x00": "xz-compressed",
+    b"(\xb5/\xfd": "zstd-compressed",
+    b"PK\x03\x04": "zip-compressed",
+    b"PAR1": "Parquet",
+}
 # First words of a statement that reads (anything else given as --query cannot be a source).
 READ_STATEMENTS = {"select", "with", "values", "table"}
 
@@ -64,9 +74,64 @@ def redact(url: str) -> str:
 # --------------------------------------------------------------------------- reading
 
 
-def _csv_header(path: Path, delimiter: str) -> list[str]:
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        return next(csv.reader(fh, delimiter=delimiter), [])
+def check_delimiter(delimiter: str) -> str:
+    """A CSV delimiter: exactly one character, and not one that ends lines or quotes fields."""
+    if len(delimiter) != 1:
+        raise InputError(f"--delimiter {delimiter!r}: must be exactly one character")
+    if delimiter in '\r\n"':
+        raise InputError(f"--delimiter {delimiter!r}: a line break or quote cannot separate fields")
+    return delimiter
+
+
+def check_s3_source(source: str) -> tuple[str, str]:
+    """Bucket and key of an s3:// source, which must name one object (not a bucket or folder)."""
+    bucket, key = split_s3_uri(source)
+    if not key or key.endswith("/"):
+        raise InputError(f"{source}: no object key (expected s3://bucket/path/file.csv)")
+    return bucket, key
+
+
+def _check_text(path: Path, where: str) -> None:
+    """Compressed or Parquet bytes in a file read as CSV are named, not decoded as text."""
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    for magic, kind in BINARY_MAGIC.items():
+        if head.startswith(magic):
+            hint = "name it .parquet" if kind == "Parquet" else "decompress it first"
+            raise InputError(f"{where}: holds {kind} bytes, not CSV text ({hint})")
+
+
+def _utf8_error(path: Path, where: str) -> InputError:
+    """The first byte of a file that is not UTF-8, by its offset and line in the file."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = lines = 0
+    with open(path, "rb") as fh:
+        while True:
+            block = fh.read(1 << 20)
+            pending = decoder.getstate()[0]
+            try:
+                decoder.decode(block, final=not block)
+            except UnicodeDecodeError as exc:
+                data = pending + block
+                bad = offset - len(pending) + exc.start
+                line = lines + data[: exc.start].count(b"\n") + 1
+                return InputError(
+                    f"{where}: not UTF-8 text: byte 0x{data[exc.start]:02x} at byte offset "
+                    f"{bad} (line {line}); save the file as UTF-8"
+                )
+            if not block:
+                break
+            offset += len(block)
+            lines += block.count(b"\n")
+    return InputError(f"{where}: not UTF-8 text")
+
+
+def _csv_header(path: Path, delimiter: str, where: str) -> list[str]:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            return next(csv.reader(fh, delimiter=delimiter), [])
+    except UnicodeDecodeError as exc:
+        raise _utf8_error(path, where) from exc
 
 
 def _check_header(columns: list[str], where: str, delimiter: str | None) -> None:
@@ -91,7 +156,8 @@ def _check_header(columns: list[str], where: str, delimiter: str | None) -> None
 def _read_csv(path: Path, chunk_rows: int, delimiter: str, where: str) -> Iterator[pd.DataFrame]:
     if path.stat().st_size == 0:
         raise InputError(f"{where}: file is empty")
-    header = _csv_header(path, delimiter)
+    _check_text(path, where)
+    header = _csv_header(path, delimiter, where)
     if not header:
         raise InputError(f"{where}: file is empty")
     _check_header(header, where, delimiter)
@@ -103,7 +169,7 @@ def _read_csv(path: Path, chunk_rows: int, delimiter: str, where: str) -> Iterat
     except pd.errors.ParserError as exc:
         raise InputError(f"{where}: cannot parse CSV: {str(exc).strip()}") from exc
     except UnicodeDecodeError as exc:
-        raise InputError(f"{where}: not UTF-8 text ({exc.reason})") from exc
+        raise _utf8_error(path, where) from exc
 
 
 def _read_parquet(path: Path, chunk_rows: int, where: str) -> Iterator[pd.DataFrame]:
@@ -226,11 +292,12 @@ def read_chunks(
     s3_endpoint_url: str | None = None,
 ) -> Iterator[pd.DataFrame]:
     """Raw chunks of a source, in order; raises InputError naming the source on bad input."""
+    check_delimiter(delimiter)
     if is_sql_url(source):
         yield from _read_sql(source, query, chunk_rows)
         return
     if source.startswith("s3://"):
-        bucket, key = split_s3_uri(source)
+        bucket, key = check_s3_source(source)
         suffix = Path(key).suffix.lower()
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(tmp) / f"object{suffix}"

@@ -154,3 +154,40 @@ def test_missing_sqlite_source_is_an_error_not_a_new_file(
     with pytest.raises(InputError, match=f"SQLite database {re.escape(str(missing))} not found"):
         snapshot_source(f"sqlite:///{missing}", "d", store, query="t")
     assert not missing.exists()
+
+
+def test_utf8_error_names_the_byte_across_read_blocks(tmp_path: Path, store: ArtifactStore) -> None:
+    """A multi-byte character split by the 1 MiB read blocks is valid; the first bad byte after
+    them is named by its offset in the whole file and its line."""
+    # Rows up to 3 bytes before the first 1 MiB block boundary, then a row whose two-byte 'é'
+    # straddles it, then more rows (the checker reads in several blocks), then a bad byte.
+    head = "a,b\n" + "1,xx\n" + "1,x\n" * 262_141
+    assert len(head) == (1 << 20) - 3
+    text = head + "1,\u00e9\n" + "1,x\n" * 20_000
+    data = text.encode("utf-8") + b"3,\xff\n"
+    path = tmp_path / "big.csv"
+    path.write_bytes(data)
+    lines = text.count("\n") + 1
+    with pytest.raises(
+        InputError, match=rf"byte 0xff at byte offset {len(data) - 2} \(line {lines}\)"
+    ):
+        snapshot_source(str(path), "d", store)
+    assert not (tmp_path / "store").exists()
+
+
+def test_a_truncated_character_at_the_end_is_named(tmp_path: Path, store: ArtifactStore) -> None:
+    data = b"a,b\n1,2\n3," + "\u00e9".encode()[:1]
+    path = tmp_path / "cut.csv"
+    path.write_bytes(data)
+    with pytest.raises(InputError, match=rf"byte 0xc3 at byte offset {len(data) - 1} \(line 3\)"):
+        snapshot_source(str(path), "d", store)
+
+
+@pytest.mark.parametrize("delimiter", ["", ";;", "\n", '"'])
+def test_delimiter_is_one_field_separating_character(
+    delimiter: str, tmp_path: Path, store: ArtifactStore
+) -> None:
+    path = tmp_path / "d.csv"
+    path.write_text("a,b\n1,2\n")
+    with pytest.raises(InputError, match=re.escape(f"--delimiter {delimiter!r}")):
+        snapshot_source(str(path), "d", store, delimiter=delimiter)
