@@ -8,7 +8,13 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from deployments.settings import get_settings
-from tasks.steps import fit_detector, load_source, register_model, validate_batch
+from tasks.steps import (
+    check_training_data,
+    fit_detector,
+    load_source,
+    register_model,
+    validate_batch,
+)
 
 
 @flow(name="train-detector", log_prints=True)
@@ -35,14 +41,18 @@ def train_detector(
         trial_logger,
     )
     from tasks.ingest import check_dataset_name
+    from tasks.train import check_contamination, check_detector
 
+    check_contamination(contamination)
+    check_detector(detector)
     settings = get_settings()
     settings.export_client_environment()
     store = settings.store()
     dataset = check_dataset_name(dataset or model)
 
-    # Ingest
+    # Ingest, and refuse data nothing can be learnt from before a suite, run or version exists
     manifest = load_source(source, dataset, store, query, delimiter, settings.chunk_rows)
+    check_training_data(store, manifest, label_column)
 
     # Validate
     optional = [label_column] if label_column else []

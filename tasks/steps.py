@@ -69,6 +69,14 @@ def validate_batch(
     )
 
 
+@task(name="check_training_data", cache_policy=NO_CACHE)
+def check_training_data(store: ArtifactStore, manifest: Manifest, label_column: str | None) -> None:
+    """Refuse a snapshot no detector can learn from (too few rows, constant columns, overflow)."""
+    from tasks.train import check_training_data as check_frame
+
+    check_frame(load_snapshot(store, manifest), label_column, manifest.source)
+
+
 @task(name="fit_detector", cache_policy=NO_CACHE)
 def fit_detector(store: ArtifactStore, manifest: Manifest, **options: Any) -> Any:
     """Fit preprocessing + detector on a snapshot and measure it on the labelled hold-out."""

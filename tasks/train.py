@@ -10,10 +10,12 @@ import numpy as np
 import pandas as pd
 
 from data_checks.errors import InputError
-from tasks.detectors import DEFAULT_DETECTOR, calibrate_threshold, make_pipeline
+from tasks.detectors import DEFAULT_DETECTOR, calibrate_threshold, detector_class, make_pipeline
 
 DEFAULT_CONTAMINATION = 0.05
 HOLDOUT_SHARE = 0.3
+# Fewer rows than this cannot calibrate a threshold or hold out labelled rows meaningfully.
+MIN_TRAIN_ROWS = 10
 
 
 @dataclass
@@ -53,6 +55,56 @@ def split_labels(
             f"{where}: label column {label_column!r} needs at least 2 anomalies (1) and normals (0)"
         )
     return frame.drop(columns=[label_column]), y
+
+
+def check_contamination(contamination: float | None) -> float | None:
+    """The expected anomaly share when given: strictly between 0 and 0.5 (None: the default)."""
+    if contamination is not None and not 0.0 < contamination < 0.5:
+        raise InputError(
+            f"--contamination {contamination:g}: must be strictly between 0 and 0.5 "
+            "(the expected share of anomalies)"
+        )
+    return contamination
+
+
+def check_detector(detector: str) -> str:
+    """A catalog name or "auto"."""
+    if detector != "auto":
+        detector_class(detector)
+    return detector
+
+
+def check_training_data(
+    frame: pd.DataFrame, label_column: str | None = None, where: str = "dataset"
+) -> None:
+    """Refuse data no detector can learn from: too few rows, only constant feature columns, or
+    numbers so large that scaling a column overflows (its variance is not a finite float64)."""
+    features, _ = split_labels(frame, label_column, where)
+    if len(features) < MIN_TRAIN_ROWS:
+        raise InputError(
+            f"{where}: {len(features)} row(s); training needs at least {MIN_TRAIN_ROWS}"
+        )
+    if features.shape[1] == 0:
+        raise InputError(f"{where}: no feature columns besides the label column")
+    if all(features[c].nunique(dropna=True) <= 1 for c in features.columns):
+        names = ", ".join(repr(c) for c in list(features.columns)[:5])
+        raise InputError(
+            f"{where}: every feature column is constant ({names}); nothing to learn from"
+        )
+    for col in features.columns:
+        values = features[col]
+        if not pd.api.types.is_numeric_dtype(values):
+            continue
+        numbers = values.dropna().to_numpy(dtype=float)
+        with np.errstate(over="ignore", invalid="ignore"):
+            spread = np.var(numbers) if len(numbers) else 0.0
+        if not np.isfinite(spread):
+            pos = int(np.argmax(np.abs(numbers)))
+            row = int(np.flatnonzero(values.notna().to_numpy())[pos]) + 1
+            raise InputError(
+                f"{where}: column {col!r} holds {numbers[pos]:g} at row {row}, too large to "
+                "scale (its variance overflows); rescale the column"
+            )
 
 
 def label_metrics(y: np.ndarray, scores: np.ndarray, threshold: float, prefix: str = "") -> dict:
@@ -125,15 +177,19 @@ def train_detector(
     """Fit on the rows (less a stratified labelled hold-out) and measure on the hold-out."""
     from sklearn.model_selection import train_test_split
 
+    check_contamination(contamination)
+    check_training_data(frame, label_column, where)
     features, y = split_labels(frame, label_column, where)
     if y is not None:
         x_fit, x_hold, y_fit, y_hold = train_test_split(
             features, y, test_size=holdout_share, stratify=y, random_state=random_state
         )
-        contamination = contamination or float(y_fit.mean())
+        if contamination is None:
+            contamination = float(y_fit.mean())
     else:
         x_fit, x_hold, y_fit, y_hold = features, None, None, None
-        contamination = contamination or DEFAULT_CONTAMINATION
+        if contamination is None:
+            contamination = DEFAULT_CONTAMINATION
 
     started = time.perf_counter()
     automl = None

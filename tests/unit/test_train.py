@@ -76,3 +76,41 @@ def test_a_detector_that_cannot_fit_is_a_clear_input_error(monkeypatch) -> None:
         r"\(Could not form valid cluster separation.\); choose another",
     ):
         train_detector(pd.DataFrame({"x": np.arange(10.0)}), detector="cblof", where="d.csv")
+
+
+@pytest.mark.parametrize("value", [0.0, 0.5, 1.0, -1.0, float("nan")])
+def test_contamination_outside_the_open_interval_is_refused(value: float) -> None:
+    frame = pd.DataFrame({"x": np.arange(20.0)})
+    with pytest.raises(InputError, match=f"--contamination {value:g}: must be strictly between"):
+        train_detector(frame, contamination=value)
+
+
+def test_a_given_contamination_is_used_as_given() -> None:
+    """0.01 is kept (a falsy-looking default used to replace a given 0 by 0.05)."""
+    frame = pd.DataFrame({"x": np.arange(200.0), "z": np.arange(200.0) % 7})
+    assert train_detector(frame, contamination=0.01).metrics["contamination"] == 0.01
+
+
+@pytest.mark.parametrize(
+    ("frame", "message"),
+    [
+        (pd.DataFrame({"x": [1.0]}), "1 row\\(s\\); training needs at least 10"),
+        (pd.DataFrame({"x": [2.0] * 30, "c": ["k"] * 30}), "every feature column is constant"),
+        (
+            pd.DataFrame({"x": [1.0] * 29 + [1e308], "z": np.arange(30.0)}),
+            "column 'x' holds 1e\\+308 at row 30, too large to scale",
+        ),
+        (
+            pd.DataFrame({"x": [np.nan, -1e308] + [0.0] * 28}),
+            "column 'x' holds -1e\\+308 at row 2",
+        ),
+    ],
+)
+def test_data_nothing_can_be_learnt_from_is_refused(frame: pd.DataFrame, message: str) -> None:
+    with pytest.raises(InputError, match=f"d.csv: {message}"):
+        train_detector(frame, where="d.csv")
+
+
+def test_one_varying_column_among_constant_ones_trains() -> None:
+    frame = pd.DataFrame({"x": [2.0] * 30, "z": np.arange(30.0)})
+    assert train_detector(frame).metrics["fit_rows"] == 30
