@@ -6,7 +6,7 @@ from typing import Any
 
 from prefect import flow
 
-from flows.score_batch import score_batch
+from flows.score_batch import load_batch, score_batch
 from flows.train_detector import train_detector
 
 
@@ -23,6 +23,16 @@ def pipeline(
     random_state: int = 0,
 ) -> dict[str, Any]:
     """Ingest, validate, train, register, then score `score_source` (or the source itself)."""
+    from tasks.results import check_batch_id
+    from tasks.train import check_contamination
+
+    # Check the arguments and read the batch first: nothing is registered for a run that
+    # cannot score its batch
+    check_contamination(contamination)
+    check_batch_id(batch_id)
+    if score_source and score_source != source:
+        load_batch(score_source, model)
+
     # Ingest, validate, tune/train, register
     trained = train_detector(
         source,

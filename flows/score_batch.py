@@ -19,6 +19,13 @@ from tasks.steps import (
 )
 
 
+def load_batch(source: str, model: str, query: str | None = None, delimiter: str = ",") -> Any:
+    """Read, check and snapshot a batch of a model as score_batch does (the manifest)."""
+    settings = get_settings()
+    store = settings.store()
+    return load_source(source, f"{model}-batches", store, query, delimiter, settings.chunk_rows)
+
+
 @flow(name="score-batch", log_prints=True)
 def score_batch(
     source: str,
@@ -30,13 +37,16 @@ def score_batch(
     delimiter: str = ",",
 ) -> dict[str, Any]:
     """Score a batch with models:/MODEL@ALIAS (champion by default) or a version; idempotent."""
-    from registry.versions import parse_model_ref
+    from registry.versions import check_model_ref
+    from tasks.results import check_batch_id
 
+    # Checks of the arguments, before anything is read or written
+    name, ref_alias = check_model_ref(model, alias, version)
+    check_batch_id(batch_id)
     settings = get_settings()
     settings.export_client_environment()
     store = settings.store()
-    name, ref_alias = parse_model_ref(model)
-    resolved = resolve_model(settings.mlflow_tracking_uri, name, alias or ref_alias, version)
+    resolved = resolve_model(settings.mlflow_tracking_uri, name, ref_alias, version)
 
     # Ingest: the batch is snapshotted like any data; its hash is the default batch id
     manifest = load_source(source, f"{name}-batches", store, query, delimiter, settings.chunk_rows)

@@ -32,6 +32,21 @@ def parse_model_ref(ref: str) -> tuple[str, str | None]:
     return name, alias or None
 
 
+def check_model_ref(
+    ref: str, alias: str | None = None, version: int | None = None
+) -> tuple[str, str | None]:
+    """`NAME[@ALIAS]` with an optional alias or version: (NAME, ALIAS); never both an alias and a
+    version (one would be ignored), and versions count from 1."""
+    name, ref_alias = parse_model_ref(ref)
+    if version is not None and (alias or ref_alias):
+        raise InputError(
+            f"--model {ref!r} with --version {version}: give an alias or a version, not both"
+        )
+    if version is not None and version < 1:
+        raise InputError(f"--version {version}: model versions count from 1")
+    return name, alias or ref_alias
+
+
 @dataclass(frozen=True)
 class ResolvedVersion:
     """A model version found by alias or number."""

@@ -18,6 +18,8 @@ from datetime import datetime
 import pandas as pd
 import sqlalchemy as sa
 
+from data_checks.errors import InputError
+
 metadata = sa.MetaData()
 
 detection_results = sa.Table(
@@ -55,6 +57,25 @@ detection_batches = sa.Table(
 )
 
 COLUMNS = [c.name for c in detection_results.columns]
+# The batch id column's width: checked before scoring, so SQLite (which ignores widths) and
+# PostgreSQL (which refuses longer values) both refuse a longer id the same way, up front.
+BATCH_ID_MAX = detection_results.c.batch_id.type.length
+
+
+def check_batch_id(batch_id: str | None) -> str | None:
+    """A batch id that fits the results tables: 1-128 printable characters (None: the default)."""
+    if batch_id is None:
+        return None
+    shown = repr(batch_id[:40]) + ("..." if len(batch_id) > 40 else "")
+    if not batch_id.strip():
+        raise InputError(f"--batch-id {shown}: is empty (omit it to use the batch's content hash)")
+    if len(batch_id) > BATCH_ID_MAX:
+        raise InputError(
+            f"--batch-id {shown}: {len(batch_id)} characters, at most {BATCH_ID_MAX} fit"
+        )
+    if not batch_id.isprintable():
+        raise InputError(f"--batch-id {shown}: holds a line break or control character")
+    return batch_id
 
 
 def summarised_rows() -> sa.Select:
