@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from data_checks.errors import InputError
 from tasks.store import ArtifactStore
+
+ENV_PREFIX = "PYNOMALY_"
 
 
 class Settings(BaseSettings):
     """Where Pynomaly keeps its state. Every field is `PYNOMALY_<FIELD>` in the environment."""
 
-    model_config = SettingsConfigDict(env_prefix="PYNOMALY_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
     home: Path = Field(Path(".pynomaly"), description="Folder for all embedded state.")
     tracking_uri: str | None = Field(None, description="MLflow tracking URI.")
@@ -53,6 +57,28 @@ class Settings(BaseSettings):
         8, ge=0, description="Weeks with one backup kept per week."
     )
 
+    @field_validator("results_db_url", "optuna_storage", "mlflow_backend_uri")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        """A database URL SQLAlchemy can parse (checked here, not when the flow first opens it)."""
+        if value:
+            import sqlalchemy as sa
+            from sqlalchemy.exc import ArgumentError
+
+            try:
+                sa.make_url(value)
+            except ArgumentError:
+                raise ValueError("not a database URL (e.g. postgresql://user@host/db)") from None
+        return value
+
+    @field_validator("artifact_root", "backup_root")
+    @classmethod
+    def _store_root(cls, value: str | None) -> str | None:
+        """An s3:// store names its bucket."""
+        if value and value.startswith("s3://") and not value[len("s3://") :].split("/")[0]:
+            raise ValueError("an s3:// store needs a bucket (s3://bucket/prefix)")
+        return value
+
     @property
     def home_dir(self) -> Path:
         return self.home.expanduser().resolve()
@@ -87,10 +113,36 @@ class Settings(BaseSettings):
         return ArtifactStore(self.artifact_store, self.s3_endpoint_url)
 
 
+def settings_error(exc: ValidationError) -> str:
+    """A pydantic validation error as one line naming each environment variable and value."""
+    parts = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else "?"
+        message = error["msg"].removeprefix("Value error, ")
+        parts.append(f"{ENV_PREFIX}{field.upper()}={error.get('input')!r}: {message}")
+    return "; ".join(parts)
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The settings of this process (read once, on first use)."""
-    return Settings()
+    """The settings of this process (read once, on first use); a bad value names its variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise InputError(settings_error(exc)) from None
+
+
+def check_writable(folder: Path, variable: str) -> None:
+    """A state folder that exists or can be made, and takes a file (before Prefect tries)."""
+    try:
+        if folder.exists() and not folder.is_dir():
+            raise InputError(f"{variable}={folder}: is a file, not a folder")
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise InputError(f"{variable}={folder}: cannot write there ({reason})") from None
 
 
 # The placeholder of .env.example: a value holding it was never replaced by a real secret.
@@ -121,7 +173,11 @@ def apply_runtime_environment(settings: Settings) -> None:
     # Embedded state is private: the home, SQLite files, keys and artifacts this process (and
     # Prefect's and MLflow's code in it) creates are 0600/0700 from their creation.
     os.umask(0o077)
-    settings.home_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(settings.home_dir, f"{ENV_PREFIX}HOME")
+    if "PREFECT_HOME" in os.environ:
+        check_writable(Path(os.environ["PREFECT_HOME"]).expanduser(), "PREFECT_HOME")
+    else:
+        check_writable(settings.prefect_home, f"{ENV_PREFIX}HOME")
     os.environ.setdefault("PREFECT_HOME", str(settings.prefect_home))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
