@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
@@ -25,12 +27,14 @@ from deployments.cli_options import (
     DetectorOpt,
     JsonOpt,
     LabelOpt,
+    OneLineUsageErrors,
     QueryOpt,
     TrialsOpt,
     WorkersOpt,
 )
 
 app = typer.Typer(
+    cls=OneLineUsageErrors,
     help="Pynomaly: anomaly detection you can trust, trace and restore.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -60,8 +64,13 @@ def run(
     debug: bool,
     status: str,
     sources: tuple[str | None, ...] = (),
+    checks: Callable[[], object] | None = None,
 ) -> dict:
-    """Run a command body: environment first, errors as one line (exit 2 bad input, 1 other)."""
+    """Run a command body: environment first, errors as one line (exit 2 bad input, 1 other).
+
+    `checks` validates the arguments before Prefect starts; with --json, whatever libraries
+    print on stdout (MLflow's "View run" lines) is kept off it: stdout is the one JSON object.
+    """
     from data_checks.errors import InputError
     from deployments.settings import apply_runtime_environment, get_settings
 
@@ -70,16 +79,24 @@ def run(
     try:
         for source in sources:
             _check_local_file(source)
+        if checks is not None:
+            checks()
         settings = get_settings()
         apply_runtime_environment(settings)
         if not debug:
             _quiet_libraries()  # again: importing MLflow resets its logger levels
-        with err.status(status) if err.is_terminal else _nothing():
+        stray = sys.stderr if debug else io.StringIO()
+        with (
+            err.status(status) if err.is_terminal else _nothing(),
+            contextlib.redirect_stdout(stray) if as_json else _nothing(),
+        ):
             result = work()
     except InputError as exc:
         if debug:
             traceback.print_exc()
-        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        # One line whatever the message holds (a value quoted from a file may span lines).
+        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        err.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     except typer.Exit:
         raise
@@ -100,11 +117,26 @@ def run(
 
 
 def _check_local_file(source: str | None) -> None:
-    """Fail at once on a missing local file, before the seconds Prefect takes to start."""
+    """Fail at once on a missing local file or an s3:// URI without a key, before the seconds
+    Prefect takes to start."""
     from data_checks.errors import InputError
 
     if source and "://" not in source and not os.path.exists(source):
         raise InputError(f"{source}: file not found")
+    if source and source.startswith("s3://"):
+        from tasks.ingest import check_s3_source
+
+        check_s3_source(source)
+
+
+def check_train_options(detector: str, contamination: float | None, delimiter: str = ",") -> None:
+    """Option values of train and pipeline, checked before Prefect starts."""
+    from tasks.ingest import check_delimiter
+    from tasks.train import check_contamination, check_detector
+
+    check_detector(detector)
+    check_contamination(contamination)
+    check_delimiter(delimiter)
 
 
 class _nothing:
@@ -164,7 +196,20 @@ def ingest(
 
         return ingest_dataset(source, dataset, query, delimiter, label_column)
 
-    result = run(work, as_json=as_json, debug=debug, status="Ingesting…", sources=(source,))
+    def checks() -> None:
+        from tasks.ingest import check_dataset_name, check_delimiter
+
+        check_dataset_name(dataset)
+        check_delimiter(delimiter)
+
+    result = run(
+        work,
+        as_json=as_json,
+        debug=debug,
+        status="Ingesting…",
+        sources=(source,),
+        checks=checks,
+    )
     if not as_json:
         show(
             f"Dataset {dataset}",
@@ -215,7 +260,14 @@ def train(
             n_workers=workers,
         )
 
-    result = run(work, as_json=as_json, debug=debug, status="Training…", sources=(source,))
+    result = run(
+        work,
+        as_json=as_json,
+        debug=debug,
+        status="Training…",
+        sources=(source,),
+        checks=lambda: check_train_options(detector, contamination, delimiter),
+    )
     if not as_json:
         show(f"Trained {model}", model_rows(result))
 
@@ -241,7 +293,23 @@ def score(
             source, model, version=version, batch_id=batch_id, query=query, delimiter=delimiter
         )
 
-    result = run(work, as_json=as_json, debug=debug, status="Scoring…", sources=(source,))
+    def checks() -> None:
+        from registry.versions import check_model_ref
+        from tasks.ingest import check_delimiter
+        from tasks.results import check_batch_id
+
+        check_model_ref(model, None, version)
+        check_batch_id(batch_id)
+        check_delimiter(delimiter)
+
+    result = run(
+        work,
+        as_json=as_json,
+        debug=debug,
+        status="Scoring…",
+        sources=(source,),
+        checks=checks,
+    )
     if not as_json:
         show(
             f"Scored batch {result['batch_id']} with {result['model']} v{result['version']}", result
@@ -279,12 +347,19 @@ def pipeline(
             batch_id=batch_id,
         )
 
+    def checks() -> None:
+        from tasks.results import check_batch_id
+
+        check_train_options(detector, contamination)
+        check_batch_id(batch_id)
+
     result = run(
         work,
         as_json=as_json,
         debug=debug,
         status="Running the pipeline…",
         sources=(source, score_source),
+        checks=checks,
     )
     if not as_json:
         rows = model_rows(result)
