@@ -100,7 +100,8 @@ def health(
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Check the results DB, MLflow (every model has a champion), artifact store and backups.
+    """Check the results DB, MLflow (every model has a champion whose artifacts load), artifact
+    store and backups.
 
     Exit code 0 when everything is healthy, 1 when anything is not.
     """
