@@ -434,6 +434,14 @@ CASES: dict[str, Case] = {
         {**GOOD, "file": "x"},
         {"PYNOMALY_HOME": "{tmp}/file/home"},
     ),
+    # An existing folder no process may add a file to, root included: the read-only home that
+    # used to hang for 97 s in Prefect's start-up.
+    "home-not-writable": Case(
+        train("good.csv"),
+        ("PYNOMALY_HOME=/sys", "cannot write there"),
+        GOOD,
+        {"PYNOMALY_HOME": "/sys"},
+    ),
     "prefect-home-is-a-file": Case(
         train("good.csv"),
         ("PREFECT_HOME={tmp}/file", "is a file"),
