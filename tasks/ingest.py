@@ -11,6 +11,7 @@ import codecs
 import csv
 import hashlib
 import json
+import os
 import re
 import tempfile
 from collections.abc import Iterator
@@ -68,7 +69,50 @@ def is_sql_url(source: str) -> bool:
 
 def redact(url: str) -> str:
     """A URL with its password hidden, fit for logs and error messages."""
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+    # Up to the last "@" before the path: a password may hold an unquoted "@".
+    return re.sub(r"(://[^:/@]*):[^/]*@", r"\1:***@", url, count=1)
+
+
+# A SQL source given by reference: the URL (and its password) is read from the environment
+# inside the task that opens the connection, so flow parameters, run params and tags, logs,
+# manifests and backups only ever hold the reference.
+ENV_REFERENCE = "env:"
+
+
+def is_reference(source: str) -> bool:
+    """Whether a source names its SQL URL by reference (`env:VARNAME`)."""
+    return source.startswith(ENV_REFERENCE)
+
+
+def has_password(url: str) -> bool:
+    """Whether a SQL URL carries a password (which must not become a flow parameter)."""
+    return redact(url) != url
+
+
+def check_source(source: str) -> None:
+    """Refuse a literal SQL URL with a password, and a reference that does not resolve; never
+    echoes a password."""
+    if is_reference(source):
+        resolve_reference(source)
+    elif is_sql_url(source) and has_password(source):
+        raise InputError(
+            f"{redact(source)}: a SQL URL with a password is not accepted as SOURCE (it would be "
+            "recorded with the run); put the URL in an environment variable and pass "
+            "env:VARNAME as SOURCE"
+        )
+
+
+def resolve_reference(source: str) -> str:
+    """The SQL URL an `env:VARNAME` source names, read now from the environment."""
+    name = source.removeprefix(ENV_REFERENCE)
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise InputError(f"{source}: {name!r} is not an environment variable name")
+    url = os.environ.get(name, "").strip()
+    if not url:
+        raise InputError(f"{source}: environment variable {name} is not set (it holds the SQL URL)")
+    if not is_sql_url(url):
+        raise InputError(f"{source}: environment variable {name} does not hold a SQL URL")
+    return url
 
 
 # --------------------------------------------------------------------------- reading
@@ -249,11 +293,13 @@ def _refused_write(exc: Any, query: str) -> bool:
     )
 
 
-def _read_sql(url: str, query: str | None, chunk_rows: int) -> Iterator[pd.DataFrame]:
+def _read_sql(
+    url: str, query: str | None, chunk_rows: int, where: str | None = None
+) -> Iterator[pd.DataFrame]:
     """Rows of a table or SELECT, read in a read-only connection: the source is never written."""
     from sqlalchemy.exc import DBAPIError
 
-    where = redact(url)
+    where = where or redact(url)
     if not query or not query.strip():
         raise InputError(f"{where}: a SQL source needs --query (a table name or a SELECT)")
     engine = _source_engine(url, where)
@@ -293,6 +339,10 @@ def read_chunks(
 ) -> Iterator[pd.DataFrame]:
     """Raw chunks of a source, in order; raises InputError naming the source on bad input."""
     check_delimiter(delimiter)
+    if is_reference(source):
+        url = resolve_reference(source)
+        yield from _read_sql(url, query, chunk_rows, where=f"{source} ({redact(url)})")
+        return
     if is_sql_url(source):
         yield from _read_sql(source, query, chunk_rows)
         return

@@ -12,7 +12,7 @@ import pytest
 from sql_sources import TABLES, WRITES, build_source, source_state
 
 from data_checks.errors import InputError
-from tasks.ingest import load_snapshot, snapshot_source
+from tasks.ingest import check_source, load_snapshot, redact, snapshot_source
 from tasks.store import ArtifactStore
 
 BAD_FILES = {
@@ -154,6 +154,60 @@ def test_missing_sqlite_source_is_an_error_not_a_new_file(
     with pytest.raises(InputError, match=f"SQLite database {re.escape(str(missing))} not found"):
         snapshot_source(f"sqlite:///{missing}", "d", store, query="t")
     assert not missing.exists()
+
+
+def test_env_reference_reads_the_url_at_run_time_and_records_only_the_reference(
+    sqlite_source: str, store: ArtifactStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PYNOMALY_UNIT_SOURCE", sqlite_source)
+    manifest = snapshot_source("env:PYNOMALY_UNIT_SOURCE", "d", store, query="victim")
+    assert manifest.rows == TABLES["victim"]
+    assert manifest.source == "env:PYNOMALY_UNIT_SOURCE"
+    with pytest.raises(InputError, match=r"^env:PYNOMALY_UNIT_SOURCE \(sqlite:///.*SQL error in"):
+        snapshot_source("env:PYNOMALY_UNIT_SOURCE", "d", store, query="SELECT nope FROM victim")
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (None, "environment variable PYNOMALY_UNIT_REF is not set (it holds the SQL URL)"),
+        ("", "environment variable PYNOMALY_UNIT_REF is not set (it holds the SQL URL)"),
+        ("data/file.csv", "environment variable PYNOMALY_UNIT_REF does not hold a SQL URL"),
+    ],
+)
+def test_env_reference_that_does_not_resolve_names_the_variable(
+    value: str | None, message: str, store: ArtifactStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if value is None:
+        monkeypatch.delenv("PYNOMALY_UNIT_REF", raising=False)
+    else:
+        monkeypatch.setenv("PYNOMALY_UNIT_REF", value)
+    with pytest.raises(InputError, match=f"^env:PYNOMALY_UNIT_REF: {re.escape(message)}$"):
+        check_source("env:PYNOMALY_UNIT_REF")
+    with pytest.raises(InputError, match=f"^env:PYNOMALY_UNIT_REF: {re.escape(message)}$"):
+        snapshot_source("env:PYNOMALY_UNIT_REF", "d", store, query="t")
+    assert store.list("datasets/d") == []
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://u:s3cr3t@db:5432/x", "postgresql://u:***@db:5432/x"),
+        ("postgresql+psycopg2://u:s3@cr3t@db/x", "postgresql+psycopg2://u:***@db/x"),
+        ("postgresql://:s3cr3t@db/x", "postgresql://:***@db/x"),
+    ],
+)
+def test_literal_url_with_a_password_is_refused_without_echoing_it(url: str, shown: str) -> None:
+    assert redact(url) == shown
+    with pytest.raises(InputError) as refused:
+        check_source(url)
+    assert str(refused.value).startswith(f"{shown}: a SQL URL with a password is not accepted")
+    assert "env:VARNAME" in str(refused.value) and "cr3t" not in str(refused.value)
+
+
+@pytest.mark.parametrize("url", ["postgresql://u@db/x", "sqlite:///data/src.db", "data/a.csv"])
+def test_sources_without_a_password_pass_the_check(url: str) -> None:
+    assert check_source(url) is None
 
 
 def test_utf8_error_names_the_byte_across_read_blocks(tmp_path: Path, store: ArtifactStore) -> None:
