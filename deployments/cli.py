@@ -117,10 +117,16 @@ def run(
 
 
 def _check_local_file(source: str | None) -> None:
-    """Fail at once on a missing local file or an s3:// URI without a key, before the seconds
-    Prefect takes to start."""
+    """Fail at once on a missing local file, an s3:// URI without a key, a SQL URL with a
+    password or an unset env: reference, before the seconds Prefect takes to start."""
     from data_checks.errors import InputError
+    from tasks.ingest import check_source, is_reference
 
+    if source:
+        # Before Prefect records the source as a flow parameter: no password may be in it.
+        check_source(source)
+    if source and is_reference(source):
+        return
     if source and "://" not in source and not os.path.exists(source):
         raise InputError(f"{source}: file not found")
     if source and source.startswith("s3://"):
