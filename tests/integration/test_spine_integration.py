@@ -127,7 +127,8 @@ def test_pipeline_on_postgres_backend_store_and_s3_artifacts(
     assert trained["metrics"]["roc_auc"] > 0.8
     assert again["rows_scored"] == trained["rows_scored"] > 0
     engine = sa.create_engine(results_db)
-    assert batch_counts(engine, "pg-batch") == (trained["rows_scored"], trained["anomalies"])
+    counts = batch_counts(engine, "pg-batch", model_name="bc", model_version=again["version"])
+    assert counts == (trained["rows_scored"], trained["anomalies"])
     engine.dispose()
     keys = ArtifactStore(
         f"s3://{production_env['bucket']}/pynomaly", get_settings().s3_endpoint_url
