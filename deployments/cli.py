@@ -439,7 +439,7 @@ def demo(
     rows["batch ROC-AUC"] = result["metrics"]["batch_roc_auc"]
     rows["rows scored"] = result["rows_scored"]
     rows["anomalies flagged"] = (
-        f"{result['anomalies']} (truly malignant: {result['batch_anomalies_true']})"
+        f"{result['anomalies']} (of {result['batch_anomalies_true']} truly malignant in the batch)"
     )
     feedback = result["feedback"]
     if feedback["flagged_precision"] is not None:
