@@ -117,6 +117,38 @@ def primary_key(engine: sa.Engine, table: str) -> list[str]:
     return sa.inspect(engine).get_pk_constraint(table)["constrained_columns"]
 
 
+def summaries(engine: sa.Engine) -> dict[tuple, tuple]:
+    """detection_batches as {(batch, model, version): (rows, anomalies)}."""
+    from tasks.results import detection_batches as b
+
+    query = sa.select(
+        b.c.batch_id, b.c.model_name, b.c.model_version, b.c.row_count, b.c.anomaly_count
+    )
+    with engine.connect() as conn:
+        return {tuple(row[:3]): tuple(row[3:]) for row in conn.execute(query)}
+
+
+def open_and_check_migrated(url: str, written: pd.DataFrame) -> sa.Engine:
+    """Open an old-keyed results DB through results_engine; check the new keys and every row."""
+    from tasks.results import results_engine
+
+    plain = sa.create_engine(url)
+    assert primary_key(plain, "detection_results") == ["batch_id", "row_index"]
+    plain.dispose()
+
+    engine = results_engine(url)
+    assert primary_key(engine, "detection_results") == [
+        "batch_id",
+        "model_name",
+        "model_version",
+        "row_index",
+    ]
+    assert primary_key(engine, "detection_batches") == ["batch_id", "model_name", "model_version"]
+    pd.testing.assert_frame_equal(read_rows(engine), written)
+    assert summaries(engine) == expected_summaries(written)
+    return engine
+
+
 def racing(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make two migrate_results_key calls both pass the first, unlocked check before either
     migrates, so the check repeated under the lock is what keeps the second from migrating."""

@@ -14,14 +14,15 @@ import sqlalchemy as sa
 from old_results import (
     create_old_results_db,
     expected_summaries,
+    open_and_check_migrated,
     primary_key,
     racing,
     read_rows,
+    summaries,
 )
 
 from tasks.results import (
     batch_counts,
-    detection_batches,
     migrate_results_key,
     replace_batch,
     results_engine,
@@ -47,15 +48,6 @@ def write(engine: sa.Engine, batch: str, model: str, version: int, n: int, every
         model_version=version,
         scored_at=datetime.now(UTC),
     )
-
-
-def summaries(engine: sa.Engine) -> dict[tuple, tuple]:
-    b = detection_batches
-    query = sa.select(
-        b.c.batch_id, b.c.model_name, b.c.model_version, b.c.row_count, b.c.anomaly_count
-    )
-    with engine.connect() as conn:
-        return {tuple(row[:3]): tuple(row[3:]) for row in conn.execute(query)}
 
 
 def total(engine: sa.Engine) -> int:
@@ -84,20 +76,7 @@ def test_champion_and_challenger_on_one_batch_keep_both_on_postgres(pg_url: str)
 
 def test_old_results_db_is_migrated_in_place_on_postgres(pg_url: str) -> None:
     written = create_old_results_db(pg_url)
-    plain = sa.create_engine(pg_url)
-    assert primary_key(plain, "detection_results") == ["batch_id", "row_index"]
-    plain.dispose()
-
-    engine = results_engine(pg_url)
-    assert primary_key(engine, "detection_results") == [
-        "batch_id",
-        "model_name",
-        "model_version",
-        "row_index",
-    ]
-    assert primary_key(engine, "detection_batches") == ["batch_id", "model_name", "model_version"]
-    pd.testing.assert_frame_equal(read_rows(engine), written)
-    assert summaries(engine) == expected_summaries(written)
+    engine = open_and_check_migrated(pg_url, written)
     assert migrate_results_key(engine) == []  # idempotent
 
     # The new key works: a challenger scores b1 beside m1's rows, through COPY.

@@ -15,14 +15,15 @@ import sqlalchemy as sa
 from old_results import (
     create_old_results_db,
     expected_summaries,
+    open_and_check_migrated,
     primary_key,
     racing,
     read_rows,
+    summaries,
 )
 
 from tasks.results import (
     batch_counts,
-    detection_batches,
     detection_results,
     metadata,
     migrate_results_key,
@@ -109,16 +110,6 @@ def stored_rows(engine: sa.Engine) -> int:
         return conn.execute(sa.select(sa.func.count()).select_from(detection_results)).scalar()
 
 
-def summaries(engine: sa.Engine) -> dict[tuple, tuple]:
-    """detection_batches as {(batch, model, version): (rows, anomalies)}."""
-    b = detection_batches
-    query = sa.select(
-        b.c.batch_id, b.c.model_name, b.c.model_version, b.c.row_count, b.c.anomaly_count
-    )
-    with engine.connect() as conn:
-        return {tuple(row[:3]): tuple(row[3:]) for row in conn.execute(query)}
-
-
 def test_failure_midway_keeps_the_previous_rows(engine: sa.Engine) -> None:
     write(engine, "b1", chunks(100, 30))
 
@@ -146,20 +137,7 @@ def test_old_results_db_is_migrated_in_place_keeping_every_row(
 ) -> None:
     url = f"sqlite:///{tmp_path / 'old.db'}"
     written = create_old_results_db(url, with_summaries=with_summaries)
-    plain = sa.create_engine(url)
-    assert primary_key(plain, "detection_results") == ["batch_id", "row_index"]
-    plain.dispose()
-
-    engine = results_engine(url)
-    assert primary_key(engine, "detection_results") == [
-        "batch_id",
-        "model_name",
-        "model_version",
-        "row_index",
-    ]
-    assert primary_key(engine, "detection_batches") == ["batch_id", "model_name", "model_version"]
-    pd.testing.assert_frame_equal(read_rows(engine), written)
-    assert summaries(engine) == expected_summaries(written)
+    engine = open_and_check_migrated(url, written)
     names = {ix["name"] for ix in sa.inspect(engine).get_indexes("detection_results")}
     assert {"ix_detection_results_model", "ix_detection_results_scored_at"} <= names
     # Every table of the results metadata (tasks.feedback adds its own once imported), and no
