@@ -7,6 +7,7 @@ import copy
 import importlib.util
 import inspect
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -25,12 +26,43 @@ COMPOSE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERFILE = ROOT / "deployments" / "docker" / "Dockerfile"
 MLFLOW_SCRIPT = ROOT / "deployments" / "docker" / "mlflow-server.sh"
+MLFLOW_USERS_SCRIPT = ROOT / "deployments" / "docker" / "mlflow-users.sh"
+CHECK_SECRETS = ROOT / "deployments" / "docker" / "check-secrets.sh"
+INITDB_DIR = ROOT / "deployments" / "docker" / "initdb"
+ROLES_SCRIPT = INITDB_DIR / "10-roles.sh"
 K8S_DIR = ROOT / "deployments" / "k8s"
 # The compose specification's JSON schema as shipped in docker-compose 1.29.2 (Apache-2.0).
 COMPOSE_SCHEMA = Path(__file__).parent / "data" / "compose_spec.json"
 K8S_VERSION = "1.33.0"
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|AUTH_STRING|ACCESS_KEY|TOKEN|BACKUP_KEY", re.IGNORECASE)
 TEMPLATE = re.compile(r"\{\{.*\}\}")
+# user, password, database of a PostgreSQL URL (compose ${VAR} or Kubernetes $(VAR) passwords)
+DB_URL = re.compile(r"postgresql(?:\+\w+)?://([^:/@]+):([^@]*)@[^/]+/(\w+)")
+# Least privilege (the rules of `pynomaly services up`): role -> its password variable, and the
+# database -> role each component logs in with.
+PG_ROLE_PASSWORD = {
+    "pynomaly_mlflow": "PG_MLFLOW_PASSWORD",
+    "pynomaly_mlflow_auth": "PG_MLFLOW_AUTH_PASSWORD",
+    "pynomaly_prefect": "PG_PREFECT_PASSWORD",
+    "pynomaly_results": "PG_RESULTS_PASSWORD",
+    "pynomaly_metrics": "PG_METRICS_PASSWORD",
+}
+COMPONENT_LOGINS = {
+    "mlflow": {"mlflow": "pynomaly_mlflow", "mlflow_auth": "pynomaly_mlflow_auth"},
+    "prefect-server": {"prefect": "pynomaly_prefect"},
+    # Backups dump MLflow's database as its owner; results and trials as the results writer.
+    "prefect-worker": {
+        "pynomaly_results": "pynomaly_results",
+        "optuna": "pynomaly_results",
+        "mlflow": "pynomaly_mlflow",
+    },
+    "metrics": {"pynomaly_results": "pynomaly_metrics"},
+}
+# Admin secrets and the only components that may hold them.
+ADMIN_SECRETS = {
+    "POSTGRES_PASSWORD": {"postgres", "postgres-roles"},
+    "MLFLOW_ADMIN_PASSWORD": {"mlflow", "mlflow-users"},
+}
 
 
 def load_yaml(path: Path) -> Any:
@@ -184,6 +216,7 @@ def test_k8s_has_worker_mlflow_prefect_and_a_network_policy() -> None:
     assert any(p["spec"]["podSelector"] == {} and "ingress" not in p["spec"] for p in policies)
     # Secrets are referenced, never shipped.
     assert not [d for _, d in K8S_DOCS if d["kind"] == "Secret"]
+    assert ("Job", "postgres-roles") in kinds and ("Job", "mlflow-users") in kinds
 
 
 @pytest.mark.parametrize(
@@ -211,7 +244,129 @@ def test_k8s_containers_have_probes_limits_and_no_literal_secrets(doc: dict[str,
             else:
                 ref = env["valueFrom"].get("secretKeyRef")
                 if ref:
-                    assert ref["name"] == "pynomaly-secrets"
+                    assert ref["name"] in K8S_SECRETS, ref
+
+
+# One Secret per component with only what it needs (10-config.yaml says how to make them).
+K8S_SECRETS = {
+    "pynomaly-postgres-roles": {"POSTGRES_PASSWORD", *PG_ROLE_PASSWORD.values()},
+    "pynomaly-mlflow": {
+        "PG_MLFLOW_PASSWORD",
+        "PG_MLFLOW_AUTH_PASSWORD",
+        "MLFLOW_ADMIN_PASSWORD",
+        "MLFLOW_FLASK_SECRET_KEY",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+    },
+    "pynomaly-mlflow-users": {
+        "MLFLOW_ADMIN_PASSWORD",
+        "MLFLOW_PLATFORM_PASSWORD",
+        "MLFLOW_METRICS_PASSWORD",
+    },
+    "pynomaly-prefect-server": {"PG_PREFECT_PASSWORD", "PREFECT_AUTH_STRING"},
+    "pynomaly-worker": {
+        "PG_RESULTS_PASSWORD",
+        "PG_MLFLOW_PASSWORD",
+        "PREFECT_AUTH_STRING",
+        "MLFLOW_PLATFORM_PASSWORD",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "PYNOMALY_BACKUP_KEY",
+    },
+    "pynomaly-metrics": {
+        "PG_METRICS_PASSWORD",
+        "MLFLOW_METRICS_PASSWORD",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+    },
+}
+K8S_WORKLOAD_SECRET = {
+    "postgres-roles": "pynomaly-postgres-roles",
+    "mlflow": "pynomaly-mlflow",
+    "mlflow-users": "pynomaly-mlflow-users",
+    "prefect-server": "pynomaly-prefect-server",
+    "prefect-worker": "pynomaly-worker",
+    "metrics": "pynomaly-metrics",
+}
+K8S_WORKLOADS = {
+    d["metadata"]["name"]: d for _, d in K8S_DOCS if d["kind"] in ("Deployment", "Job")
+}
+
+
+def k8s_env(name: str) -> dict[str, dict[str, Any]]:
+    """The env entries of a workload's containers by variable name."""
+    containers = K8S_WORKLOADS[name]["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e for c in containers for e in c.get("env", [])}
+
+
+def env_example() -> dict[str, str]:
+    return dict(
+        line.split("=", 1)
+        for line in ENV_EXAMPLE.read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+
+
+def test_k8s_each_component_reads_only_its_own_secret() -> None:
+    assert set(K8S_WORKLOADS) == set(K8S_WORKLOAD_SECRET)
+    for name, secret in K8S_WORKLOAD_SECRET.items():
+        refs = [
+            e["valueFrom"]["secretKeyRef"]
+            for e in k8s_env(name).values()
+            if "secretKeyRef" in e.get("valueFrom", {})
+        ]
+        assert refs, name
+        assert {r["name"] for r in refs} == {secret}, name
+        assert {r["key"] for r in refs} <= K8S_SECRETS[secret], name
+        for key, holders in ADMIN_SECRETS.items():
+            if name not in holders:
+                assert key not in {r["key"] for r in refs}, f"{name} must not hold {key}"
+    # Every key comes from .env (S3 keys of an S3 user besides); the config's recipe makes
+    # each Secret with exactly its keys.
+    known = set(env_example()) | {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    config = (K8S_DIR / "10-config.yaml").read_text()
+    recipe = dict(re.findall(r"^#\s+secret (\S+) '([^']+)'$", config, re.M))
+    assert set(recipe) == set(K8S_SECRETS)
+    for secret, keys in K8S_SECRETS.items():
+        assert keys <= known, (secret, keys - known)
+        assert set(recipe[secret].split("|")) == keys, secret
+
+
+def test_k8s_components_log_in_as_their_own_postgres_role() -> None:
+    for name in K8S_WORKLOADS:
+        urls = [DB_URL.search(str(e.get("value", ""))) for e in k8s_env(name).values()]
+        found = {m[3]: m[1] for m in urls if m}
+        assert found == COMPONENT_LOGINS.get(name, {}), name
+        for m in filter(None, urls):
+            assert m[2] == f"$({PG_ROLE_PASSWORD[m[1]]})", (name, m[0])
+    roles = k8s_env("postgres-roles")
+    assert roles["PGUSER"]["value"] == "$(POSTGRES_ADMIN_USER)"
+    assert set(PG_ROLE_PASSWORD.values()) <= set(roles)
+    (container,) = K8S_WORKLOADS["postgres-roles"]["spec"]["template"]["spec"]["containers"]
+    assert container["args"] == ["/app/deployments/docker/initdb/10-roles.sh"]
+
+
+def test_k8s_worker_and_exporter_use_mlflow_users_without_admin_rights() -> None:
+    worker, metrics = k8s_env("prefect-worker"), k8s_env("metrics")
+    assert worker["MLFLOW_TRACKING_USERNAME"]["value"] == "pynomaly"
+    assert worker["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == (
+        "MLFLOW_PLATFORM_PASSWORD"
+    )
+    assert metrics["MLFLOW_TRACKING_USERNAME"]["value"] == "pynomaly-metrics"
+    assert metrics["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == (
+        "MLFLOW_METRICS_PASSWORD"
+    )
+    users = k8s_env("mlflow-users")
+    assert set(users) >= {"MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_PLATFORM_PASSWORD"}
+    (container,) = K8S_WORKLOADS["mlflow-users"]["spec"]["template"]["spec"]["containers"]
+    assert container["args"] == ["/app/deployments/docker/mlflow-users.sh"]
+
+
+def test_k8s_containers_keep_the_image_entrypoint_that_refuses_placeholders() -> None:
+    # `command` would replace the image's ENTRYPOINT (tini + check-secrets.sh); `args` keeps it.
+    for name, doc in K8S_WORKLOADS.items():
+        for container in doc["spec"]["template"]["spec"]["containers"]:
+            assert "command" not in container, name
 
 
 # docker compose -------------------------------------------------------------------------------
@@ -236,13 +391,15 @@ def test_compose_services_are_health_checked_and_pinned() -> None:
         "minio",
         "minio-init",
         "mlflow",
+        "mlflow-users",
         "prefect-server",
         "prefect-worker",
+        "metrics",
     }
     for name, service in SERVICES.items():
         image = service["image"]
         assert ":" in image and not image.endswith(":latest"), (name, image)
-        if name != "minio-init":  # a one-shot job
+        if name not in ("minio-init", "mlflow-users"):  # one-shot jobs
             assert service["healthcheck"]["test"], name
     assert SERVICES["prefect-worker"]["depends_on"]["prefect-server"] == {
         "condition": "service_healthy"
@@ -270,11 +427,7 @@ def test_compose_secrets_come_from_the_env_file_only() -> None:
         line for line in COMPOSE.read_text().splitlines() if not line.lstrip().startswith("#")
     )
     referenced = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", text))
-    example = dict(
-        line.split("=", 1)
-        for line in ENV_EXAMPLE.read_text().splitlines()
-        if line and not line.startswith("#")
-    )
+    example = env_example()
     assert referenced == set(example), "every ${VAR} in compose is in .env.example and back"
     for key, value in example.items():
         if SECRET_NAME.search(key):
@@ -335,3 +488,94 @@ def test_dockerfile_copies_only_files_that_exist() -> None:
         parts = [p for p in args.split() if not p.startswith("--")]
         for source in parts[:-1]:
             assert (ROOT / source).exists(), f"COPY source {source} is missing from the repo"
+
+
+# Least privilege -----------------------------------------------------------------------------
+
+
+def compose_env(service: str) -> dict[str, str]:
+    return {k: str(v) for k, v in (SERVICES[service].get("environment") or {}).items()}
+
+
+def referenced_vars(service: str) -> set[str]:
+    return set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", json.dumps(SERVICES[service])))
+
+
+def test_compose_components_log_in_as_their_own_postgres_role() -> None:
+    for name in SERVICES:
+        urls = [DB_URL.search(v) for v in compose_env(name).values()]
+        found = {m[3]: m[1] for m in urls if m}
+        assert found == COMPONENT_LOGINS.get(name, {}), name
+        for m in filter(None, urls):
+            assert m[2].startswith(f"${{{PG_ROLE_PASSWORD[m[1]]}:?"), (name, m[0])
+    # The postgres container makes the roles: it gets their passwords, and the check runs first.
+    postgres = SERVICES["postgres"]
+    assert set(PG_ROLE_PASSWORD.values()) <= set(postgres["environment"])
+    assert postgres["entrypoint"][1:] == ["/pynomaly/check-secrets.sh", "docker-entrypoint.sh"]
+    assert "./deployments/docker/initdb:/docker-entrypoint-initdb.d:ro" in postgres["volumes"]
+
+
+def test_compose_admin_secrets_stay_with_the_admins() -> None:
+    for name in SERVICES:
+        for key, holders in ADMIN_SECRETS.items():
+            if name not in holders:
+                assert key not in referenced_vars(name), f"{name} must not hold {key}"
+    worker, metrics = compose_env("prefect-worker"), compose_env("metrics")
+    assert worker["MLFLOW_TRACKING_USERNAME"] == "pynomaly"
+    assert worker["MLFLOW_TRACKING_PASSWORD"].startswith("${MLFLOW_PLATFORM_PASSWORD:?")
+    assert metrics["MLFLOW_TRACKING_USERNAME"] == "pynomaly-metrics"
+    assert metrics["MLFLOW_TRACKING_PASSWORD"].startswith("${MLFLOW_METRICS_PASSWORD:?")
+    # The worker starts once its MLflow user exists.
+    users = SERVICES["mlflow-users"]
+    assert users["command"] == ["/app/deployments/docker/mlflow-users.sh"]
+    assert SERVICES["prefect-worker"]["depends_on"]["mlflow-users"] == {
+        "condition": "service_completed_successfully"
+    }
+    # Our image's services keep its entrypoint (tini + the placeholder check).
+    for name, service in SERVICES.items():
+        if service["image"].startswith("pynomaly:"):
+            assert "entrypoint" not in service, name
+
+
+@pytest.mark.parametrize(
+    "script", [ROLES_SCRIPT, MLFLOW_USERS_SCRIPT, CHECK_SECRETS], ids=lambda p: p.name
+)
+def test_deployment_scripts_are_executable_posix_shell(script: Path) -> None:
+    assert script.exists(), f"{script.relative_to(ROOT)} is missing"
+    assert script.stat().st_mode & 0o111, f"{script.name} must be executable"
+    subprocess.run(["sh", "-n", str(script)], check=True)
+    # The postgres image sources *.sh files that are not executable and runs *.sql as the
+    # superuser: the initdb folder holds the roles script only.
+    assert [p.name for p in INITDB_DIR.iterdir()] == ["10-roles.sh"]
+
+
+def test_image_entrypoint_refuses_placeholders_before_the_command() -> None:
+    (entrypoint,) = [args for word, args in dockerfile_instructions() if word == "ENTRYPOINT"]
+    assert json.loads(entrypoint) == [
+        "/usr/bin/tini",
+        "--",
+        "/app/deployments/docker/check-secrets.sh",
+    ]
+
+
+def run_check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["sh", str(CHECK_SECRETS), "sh", "-c", "echo ran"],
+        env={"PATH": os.environ["PATH"], **env},
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_check_secrets_refuses_change_me_naming_the_variable() -> None:
+    done = run_check({"PG_RESULTS_PASSWORD": "s3cret", "MLFLOW_PLATFORM_PASSWORD": "x-change-me"})
+    assert done.returncode == 2
+    assert done.stdout == ""  # the command did not run
+    (line,) = done.stderr.splitlines()
+    assert "MLFLOW_PLATFORM_PASSWORD" in line and "'change-me'" in line
+    assert "x-change-me" not in line  # the value itself is never echoed
+    # The Prefect auth string and the backup key carry the placeholder inside a longer value.
+    done = run_check({"PREFECT_AUTH_STRING": "pynomaly:change-me"})
+    assert done.returncode == 2 and "PREFECT_AUTH_STRING" in done.stderr
+    done = run_check({"PG_RESULTS_PASSWORD": "s3cret", "NOTE": "two\nlines"})
+    assert (done.returncode, done.stdout, done.stderr) == (0, "ran\n", "")
