@@ -40,6 +40,12 @@ BINARY_MAGIC = {
     b"PK\x03\x04": "zip-compressed",
     b"PAR1": "Parquet",
 }
+# Largest magnitude a number may have. Detectors square differences (variances, distances,
+# covariances): a value beyond ~1.3e154 squares to infinity ("Input contains NaN", or scores
+# that are inf or silently finite), and at 1e150 a square is at most 1e300, leaving a factor of
+# 1e8 for the sums over rows and features. No measurement comes near it; such a value is a
+# sentinel or a broken feed.
+MAX_MAGNITUDE = 1e150
 # First words of a statement that reads (anything else given as --query cannot be a source).
 READ_STATEMENTS = {"select", "with", "values", "table"}
 
@@ -73,15 +79,19 @@ def redact(url: str) -> str:
     return re.sub(r"(://[^:/@]*):[^/]*@", r"\1:***@", url, count=1)
 
 
-# A SQL source given by reference: the URL (and its password) is read from the environment
-# inside the task that opens the connection, so flow parameters, run params and tags, logs,
-# manifests and backups only ever hold the reference.
+# A SQL source given by reference: the URL (and its password) is read from the environment or a
+# Prefect Secret block inside the task that opens the connection, so flow parameters, run
+# params and tags, logs, manifests and backups only ever hold the reference.
 ENV_REFERENCE = "env:"
+SECRET_REFERENCE = "secret:"
+REFERENCE_FORMS = (
+    "env:VARNAME (an environment variable) or secret:BLOCKNAME (a Prefect Secret block)"
+)
 
 
 def is_reference(source: str) -> bool:
-    """Whether a source names its SQL URL by reference (`env:VARNAME`)."""
-    return source.startswith(ENV_REFERENCE)
+    """Whether a source names its SQL URL by reference (`env:VARNAME` or `secret:BLOCKNAME`)."""
+    return source.startswith((ENV_REFERENCE, SECRET_REFERENCE))
 
 
 def has_password(url: str) -> bool:
@@ -90,20 +100,55 @@ def has_password(url: str) -> bool:
 
 
 def check_source(source: str) -> None:
-    """Refuse a literal SQL URL with a password, and a reference that does not resolve; never
-    echoes a password."""
-    if is_reference(source):
+    """Refuse a literal SQL URL with a password and a reference that cannot resolve; never echoes
+    a password. A Secret block is only named here: it is read where Prefect runs (the read)."""
+    if source.startswith(SECRET_REFERENCE):
+        secret_block_name(source)
+    elif is_reference(source):
         resolve_reference(source)
     elif is_sql_url(source) and has_password(source):
         raise InputError(
-            f"{redact(source)}: a SQL URL with a password is not accepted as SOURCE (it would be "
-            "recorded with the run); put the URL in an environment variable and pass "
-            "env:VARNAME as SOURCE"
+            f"{redact(source)}: a SQL URL with a password is not accepted as a source (Prefect "
+            f"records run parameters); store the URL and pass {REFERENCE_FORMS} instead"
         )
 
 
+def secret_block_name(source: str) -> str:
+    """The block a `secret:BLOCKNAME` source names, if it is a valid Prefect block name."""
+    name = source.removeprefix(SECRET_REFERENCE)
+    if not re.fullmatch(r"[a-z0-9-]+", name):
+        raise InputError(
+            f"{source}: {name!r} is not a Prefect block name (lowercase letters, digits, '-')"
+        )
+    return name
+
+
+def _secret_value(source: str) -> Any:
+    """The value of the Secret block a source names. The one Prefect call below the task layer:
+    the URL is read where the connection opens, so it never crosses a task boundary."""
+    from prefect.blocks.system import Secret
+
+    name = secret_block_name(source)
+    try:
+        return Secret.load(name).get()
+    except ValueError as exc:
+        # Only our words: a validation error of the block could quote the stored value.
+        if "Unable to find block document" in str(exc):
+            raise InputError(
+                f"{source}: Prefect Secret block {name!r} not found (save the SQL URL in it)"
+            ) from None
+        raise InputError(f"{source}: block {name!r} cannot be read as a Secret block") from None
+
+
 def resolve_reference(source: str) -> str:
-    """The SQL URL an `env:VARNAME` source names, read now from the environment."""
+    """The SQL URL an `env:VARNAME` or `secret:BLOCKNAME` source names, read now."""
+    if source.startswith(SECRET_REFERENCE):
+        value = _secret_value(source)
+        url = value.strip() if isinstance(value, str) else ""
+        if not is_sql_url(url):
+            name = source.removeprefix(SECRET_REFERENCE)
+            raise InputError(f"{source}: Secret block {name!r} does not hold a SQL URL")
+        return url
     name = source.removeprefix(ENV_REFERENCE)
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
         raise InputError(f"{source}: {name!r} is not an environment variable name")
@@ -409,7 +454,8 @@ def infer_schema(chunk: pd.DataFrame, where: str) -> dict[str, str]:
 def normalise_chunk(
     chunk: pd.DataFrame, schema: dict[str, str], where: str, row_offset: int
 ) -> pd.DataFrame:
-    """Cast a chunk to the schema; text in a numeric column or an infinity is an InputError."""
+    """Cast a chunk to the schema; text in a numeric column, an infinity or a number beyond
+    ±MAX_MAGNITUDE is an InputError."""
     chunk = chunk.rename(columns=lambda c: str(c).strip())
     if list(chunk.columns) != list(schema):
         raise InputError(f"{where}: columns changed within the source at row {row_offset + 1}")
@@ -434,6 +480,14 @@ def normalise_chunk(
             pos = int(np.flatnonzero(infinite)[0])
             raise InputError(
                 f"{where}: column {col!r} holds an infinite value at row {row_offset + pos + 1}"
+            )
+        huge = np.abs(numbers.to_numpy()) > MAX_MAGNITUDE
+        if huge.any():
+            pos = int(np.flatnonzero(huge)[0])
+            raise InputError(
+                f"{where}: column {col!r} holds {numbers.iloc[pos]:g} at row "
+                f"{row_offset + pos + 1}, too large (beyond ±{MAX_MAGNITUDE:g} the detectors' "
+                "float64 arithmetic overflows); rescale the column"
             )
         out[col] = numbers
     frame = pd.DataFrame(out)

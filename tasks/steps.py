@@ -13,7 +13,14 @@ from prefect.cache_policies import NO_CACHE
 
 from data_checks.errors import InputError
 from data_checks.suite import ValidationReport
-from tasks.ingest import Manifest, load_manifest, load_snapshot, snapshot_key, snapshot_source
+from tasks.ingest import (
+    Manifest,
+    check_source,
+    load_manifest,
+    load_snapshot,
+    snapshot_key,
+    snapshot_source,
+)
 from tasks.store import ArtifactStore
 from tasks.validate import validate_snapshot
 
@@ -42,6 +49,10 @@ def load_source(
     chunk_rows: int = 50_000,
 ) -> Manifest:
     """Read and check a source, snapshot it as Parquet under its content hash."""
+    # Every flow reads its source here before it writes anything: a SQL URL with a password
+    # passed to a flow directly (a UI run, `flow(source=...)`) is refused, not read. Prefect has
+    # recorded it as a parameter by now; what is refused is using it (and so passing it on).
+    check_source(source)
     return snapshot_source(
         source, dataset, store, query=query, chunk_rows=chunk_rows, delimiter=delimiter
     )

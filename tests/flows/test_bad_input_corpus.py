@@ -104,6 +104,17 @@ def sqlite_source(path: Path) -> None:
         conn.executemany("INSERT INTO t VALUES (?, ?)", [(i, i % 3) for i in range(20)])
 
 
+def sqlite_source_holding(value: float) -> Callable[[Path, Path], None]:
+    """A SQLite source (tmp/src.db, table t) with `value` in column y of its 8th row."""
+
+    def build(home: Path, tmp: Path) -> None:
+        sqlite_source(tmp / "src.db")
+        with sqlite3.connect(tmp / "src.db") as conn:
+            conn.execute("UPDATE t SET y = ? WHERE x = 7", (value,))
+
+    return build
+
+
 def demo_batch(change: Callable[[pd.DataFrame], pd.DataFrame]) -> Callable[[Path, Path], None]:
     """A batch the demo model can score, changed by `change`, written to tmp/batch.csv."""
 
@@ -188,6 +199,22 @@ CASES: dict[str, Case] = {
         train("f.csv"),
         ("column 'a'", "-1e+308", "row 12"),
         {"f.csv": with_value("a", 11, "-1e308")},
+    ),
+    # Beyond ±1e150 (tasks/ingest.py MAX_MAGNITUDE) at ingest, whatever the command or source.
+    "ingest-huge-value": Case(
+        ("ingest", "{tmp}/f.csv", "--dataset", "d"),
+        ("{tmp}/f.csv", "column 'b'", "1e+300", "row 5", "too large"),
+        {"f.csv": with_value("b", 4, "1e300")},
+    ),
+    "ingest-huge-just-over-bound": Case(
+        ("ingest", "{tmp}/f.csv", "--dataset", "d"),
+        ("column 'a'", "-2e+150", "row 3"),
+        {"f.csv": with_value("a", 2, "-2e150")},
+    ),
+    "sql-huge-value": Case(
+        ("ingest", "sqlite:///{tmp}/src.db", "--query", "t", "--dataset", "d"),
+        ("sqlite:///{tmp}/src.db", "column 'y'", "1e+308", "row 8", "too large"),
+        build=sqlite_source_holding(1e308),
     ),
     "latin-1-header": Case(
         train("f.csv"),
@@ -316,6 +343,14 @@ CASES: dict[str, Case] = {
         ("ingest", "sqlite:///{tmp}/none.db", "--query", "t", "--dataset", "d"),
         ("SQLite database {tmp}/none.db not found",),
     ),
+    "secret-block-missing": Case(
+        ("ingest", "secret:pynomaly-no-such-block", "--query", "t", "--dataset", "d"),
+        ("secret:pynomaly-no-such-block: Prefect Secret block 'pynomaly-no-such-block' not found",),
+    ),
+    "secret-bad-block-name": Case(
+        ("train", "secret:Sensors_DB", "--query", "t", "--model", "m"),
+        ("secret:Sensors_DB", "'Sensors_DB' is not a Prefect block name"),
+    ),
     "sql-other-database": Case(
         ("ingest", "mysql://u@localhost/db", "--query", "t", "--dataset", "d"),
         ("SQLite or PostgreSQL only",),
@@ -355,6 +390,21 @@ CASES: dict[str, Case] = {
         score("--model", MODEL, batch="{tmp}/batch.csv"),
         ("column 'mean radius'", "'abc'"),
         build=demo_batch(set_cell("mean radius", 40, "abc")),
+    ),
+    "batch-huge-value": Case(
+        score("--model", MODEL, batch="{tmp}/batch.csv"),
+        ("{tmp}/batch.csv", "column 'mean radius'", "1e+308", "row 41", "too large"),
+        build=demo_batch(set_cell("mean radius", 40, 1e308)),
+    ),
+    "batch-huge-negative": Case(
+        score("--model", MODEL, batch="{tmp}/batch.csv"),
+        ("column 'mean texture'", "-1e+200", "row 8"),
+        build=demo_batch(set_cell("mean texture", 7, -1e200)),
+    ),
+    "drift-huge-value": Case(
+        ("drift", "{tmp}/batch.csv", "--model", MODEL),
+        ("column 'mean area'", "1e+160", "row 3"),
+        build=demo_batch(set_cell("mean area", 2, 1e160)),
     ),
     "batch-latin-1": Case(
         score("--model", MODEL, batch="{tmp}/batch.csv"),

@@ -1,5 +1,6 @@
 """A SQL source's password never lands in what a run writes: sources name their URL by
-reference (`env:VARNAME`), and a literal URL with a password is refused before Prefect starts.
+reference (`env:VARNAME` or `secret:BLOCKNAME`), and a literal URL with a password is refused
+before Prefect starts.
 
 The full run goes through the real `pynomaly` console script on embedded defaults (its own
 PYNOMALY_HOME, Prefect's ephemeral API and SQLite database under it), then every file the run
@@ -10,7 +11,6 @@ and every member of the gzip/tar backup archives.
 from __future__ import annotations
 
 import gzip
-import io
 import os
 import secrets
 import subprocess
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
+from secret_scan import scan
 
 from deployments import services
 
@@ -32,35 +32,6 @@ pytestmark = pytest.mark.integration
 PYNOMALY = str(Path(sys.executable).with_name("pynomaly"))
 # Settings the test process carries that would point a command away from embedded defaults.
 OUTSIDE = ("PREFECT_HOME", "PREFECT_API_URL", "PREFECT_API_DATABASE_CONNECTION_URL")
-
-
-def occurrences(data: bytes, token: bytes, name: str) -> list[str]:
-    """Where `token` occurs in `data` or in anything decompressed from it (gzip, tar members,
-    Parquet contents and metadata), by name."""
-    found = [name] if token in data else []
-    if data[:2] == b"\x1f\x8b":
-        found += occurrences(gzip.decompress(data), token, f"{name}|gunzip")
-    elif len(data) > 262 and data[257:262] == b"ustar":
-        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-            for member in tar.getmembers():
-                if member.isfile():
-                    body = tar.extractfile(member).read()
-                    found += occurrences(body, token, f"{name}|{member.name}")
-    elif data[:4] == b"PAR1":
-        table = pq.read_table(io.BytesIO(data))
-        text = table.to_pandas().to_csv().encode() + str(table.schema.metadata).encode()
-        if token in text:
-            found.append(f"{name}|parquet contents")
-    return found
-
-
-def scan(root: Path, token: bytes) -> tuple[int, list[str]]:
-    """(files scanned, places holding the token) for every file under `root`."""
-    files, found = 0, []
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink()):
-        files += 1
-        found += occurrences(path.read_bytes(), token, str(path.relative_to(root)))
-    return files, found
 
 
 def test_scan_finds_a_token_inside_archives(tmp_path: Path) -> None:
@@ -88,8 +59,30 @@ def cli(home: Path, *args: str, extra: dict[str, str]) -> subprocess.CompletedPr
     )
 
 
+def save_secret_block(home: Path, name: str, value: str) -> None:
+    """A Prefect Secret block in the Prefect database the commands of `home` use; the value goes
+    through stdin, never a command line."""
+    (home / "prefect").mkdir(parents=True, mode=0o700)  # Prefect makes only the last folder
+    env = {k: v for k, v in os.environ.items() if k not in OUTSIDE}
+    env.update(PREFECT_HOME=str(home / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    code = (
+        "import sys; from prefect.blocks.system import Secret; "
+        "Secret(value=sys.stdin.read()).save(sys.argv[1])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, name],
+        input=value,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("reference", ["env", "secret"])
 def test_password_of_a_source_is_nowhere_in_what_a_run_wrote(
-    pg_server: services.PostgresServer, pg_url: str, tmp_path: Path
+    reference: str, pg_server: services.PostgresServer, pg_url: str, tmp_path: Path
 ) -> None:
     token = secrets.token_hex(16)
     role = f"reader_{uuid.uuid4().hex[:10]}"
@@ -110,8 +103,14 @@ def test_password_of_a_source_is_nowhere_in_what_a_run_wrote(
     wrong.dispose()
 
     home = tmp_path / "home"
-    extra = {"PYNOMALY_SOURCE_URL": url}
-    source = "env:PYNOMALY_SOURCE_URL"
+    if reference == "env":
+        extra = {"PYNOMALY_SOURCE_URL": url}
+        source = "env:PYNOMALY_SOURCE_URL"
+    else:
+        # The block is saved where the run's own Prefect keeps its database: the home.
+        extra = {}
+        source = "secret:sensors-source-url"
+        save_secret_block(home, "sensors-source-url", url)
     outputs = []
     for args in (
         ["ingest", source, "--query", "readings", "--dataset", "d"],
@@ -125,7 +124,8 @@ def test_password_of_a_source_is_nowhere_in_what_a_run_wrote(
     assert '"rows_scored": 300' in outputs[2]
 
     # What the run wrote is where the scan looks: Prefect's database (holding the flow
-    # parameters, which name the reference), MLflow's, the results DB and a backup archive.
+    # parameters, which name the reference, and for secret: the block, which Prefect stores
+    # encrypted), MLflow's, the results DB and a backup archive.
     prefect_db = b"".join(p.read_bytes() for p in (home / "prefect").glob("prefect.db*"))
     assert source.encode() in prefect_db
     assert (home / "mlflow.db").is_file() and (home / "results.db").is_file()

@@ -26,6 +26,8 @@ BAD_FILES = {
     ),
     "allnan.csv": ("a,b\n1,\n2,\n3,\n", "column 'b' has no values"),
     "infinite.csv": ("a,b\n1,2\n2,inf\n", "'b' holds an infinite value at row 2"),
+    "huge.csv": ("a,b\n1,2\n2,1e200\n", "'b' holds 1e+200 at row 2, too large"),
+    "huge-negative.csv": ("a,b\n-1.5e150,2\n2,1\n", "'a' holds -1.5e+150 at row 1, too large"),
 }
 
 
@@ -208,6 +210,14 @@ def test_literal_url_with_a_password_is_refused_without_echoing_it(url: str, sho
 @pytest.mark.parametrize("url", ["postgresql://u@db/x", "sqlite:///data/src.db", "data/a.csv"])
 def test_sources_without_a_password_pass_the_check(url: str) -> None:
     assert check_source(url) is None
+
+
+@pytest.mark.parametrize("name", ["Sensors", "sensors_db", "", "a/b"])
+def test_secret_reference_names_a_valid_block(name: str) -> None:
+    """Checked without Prefect (the CLI does it before Prefect starts): Prefect block names
+    hold lowercase letters, digits and '-' only."""
+    with pytest.raises(InputError, match=f"^secret:{re.escape(name)}: .* Prefect block name"):
+        check_source(f"secret:{name}")
 
 
 def test_utf8_error_names_the_byte_across_read_blocks(tmp_path: Path, store: ArtifactStore) -> None:
