@@ -1,9 +1,9 @@
 """A real Prometheus scrapes `pynomaly metrics serve` on loopback and an alert fires.
 
 The exporter reads a results DB in which one model flagged 40 % of the rows it scored in the
-last day; Prometheus (Debian's `prometheus` package, installed by .ci/run) evaluates the rules
-of deployments/monitoring/alerts.yml over what it scraped, and PynomalyAnomalyShareHigh fires
-for that model alone.
+last day; Prometheus (Debian's `prometheus` package, from scripts/install-test-deps.sh) evaluates
+the rules of deployments/monitoring/alerts.yml over what it scraped, and
+PynomalyAnomalyShareHigh fires for that model alone.
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ def _wait_for(
 
 def test_prometheus_fires_anomaly_share_alert_from_the_exporter(tmp_path: Path) -> None:
     binary = shutil.which("prometheus")
-    assert binary, "prometheus not found: install Debian's `prometheus` package (.ci/run does)"
+    assert binary, "no prometheus: install Debian's prometheus (scripts/install-test-deps.sh)"
     home = tmp_path / "home"
     _write_results(home)
     rules = tmp_path / "alerts.yml"

@@ -1,6 +1,7 @@
 """The alert rules proven by Prometheus's own promtool: syntax, and unit tests of every alert.
 
-promtool comes with Debian's `prometheus` package (`.ci/run` installs it when missing); without
+promtool comes with Debian's `prometheus` package (scripts/install-test-deps.sh, run by the
+README's test command, installs it when missing); without
 it these tests fail, they never skip.
 """
 
@@ -20,7 +21,9 @@ RULE_TESTS = MONITORING / "alerts_test.yml"
 def promtool(*args: str, cwd: Path = MONITORING) -> subprocess.CompletedProcess[str]:
     """Run promtool; a missing binary is a failure naming the package to install."""
     binary = shutil.which("promtool")
-    assert binary, "promtool not found: install Debian's `prometheus` package (.ci/run does)"
+    assert binary, (
+        "promtool not found: install Debian's prometheus package (run scripts/install-test-deps.sh)"
+    )
     return subprocess.run(
         [binary, *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False
     )
