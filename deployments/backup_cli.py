@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import sys
-import tempfile
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -137,12 +135,14 @@ def verify(
     from deployments.cli import run, show
 
     def work() -> dict[str, Any]:
+        from deployments.settings import get_settings
         from tasks import backup
+        from tasks.staging import staging_folder
 
         store, _ = _store_and_state(need_state=False)
         resolved = backup.resolve_backup_id(store, backup_id)
-        with tempfile.TemporaryDirectory(prefix="pynomaly-verify-") as tmp:
-            manifest = backup.verify_backup(store, resolved, Path(tmp), _key(store))
+        with staging_folder("pynomaly-verify-", get_settings().staging_dir) as folder:
+            manifest = backup.verify_backup(store, resolved, folder, _key(store))
         result: dict[str, Any] = {
             "id": resolved,
             "files_verified": len(manifest["files"]),

@@ -7,11 +7,14 @@ import io
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -77,20 +80,31 @@ def run(
     if not debug:
         _quiet_libraries()
     try:
-        for source in sources:
-            _check_local_file(source)
-        if checks is not None:
-            checks()
-        settings = get_settings()
-        apply_runtime_environment(settings)
-        if not debug:
-            _quiet_libraries()  # again: importing MLflow resets its logger levels
-        stray = sys.stderr if debug else io.StringIO()
-        with (
-            err.status(status) if err.is_terminal else _nothing(),
-            contextlib.redirect_stdout(stray) if as_json else _nothing(),
-        ):
-            result = work()
+        with _signals_as_interrupts():
+            for source in sources:
+                _check_local_file(source)
+            if checks is not None:
+                checks()
+            settings = get_settings()
+            apply_runtime_environment(settings)
+            _remove_leftovers(settings)
+            if not debug:
+                _quiet_libraries()  # again: importing MLflow resets its logger levels
+            stray = sys.stderr if debug else io.StringIO()
+            with (
+                err.status(status) if err.is_terminal else _nothing(),
+                contextlib.redirect_stdout(stray) if as_json else _nothing(),
+            ):
+                result = work()
+    except KeyboardInterrupt as exc:
+        # Ctrl-C, SIGTERM or SIGHUP: Prefect's ephemeral server is stopped at exit (atexit).
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        if debug:
+            traceback.print_exc()
+        err.print(
+            f"pynomaly: interrupted ({signal.Signals(signum).name})", markup=False, highlight=False
+        )
+        raise typer.Exit(128 + signum) from None
     except InputError as exc:
         if debug:
             traceback.print_exc()
@@ -114,6 +128,43 @@ def run(
     if as_json:
         sys.stdout.write(json.dumps(result, default=str) + "\n")
     return result
+
+
+class Interrupted(KeyboardInterrupt):
+    """A termination signal raised like Ctrl-C, so cleanup runs as it does for Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def _signals_as_interrupts() -> Iterator[None]:
+    """While a command body runs, SIGTERM and SIGHUP raise `Interrupted` (the default would end
+    the process at once, leaving Prefect's ephemeral API server running)."""
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            previous[signum] = signal.signal(signum, _raise_interrupted)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _remove_leftovers(settings: Any) -> None:
+    """What killed commands of this home left: their Prefect API servers, staging folders."""
+    from deployments.leftovers import mark_command, stop_orphan_servers
+    from tasks.staging import remove_dead_staging
+
+    mark_command()  # before Prefect starts its server: the server inherits the name
+    stop_orphan_servers(Path(os.environ["PREFECT_HOME"]))
+    remove_dead_staging(settings.staging_dir)
 
 
 def _check_local_file(source: str | None) -> None:

@@ -100,6 +100,11 @@ class Settings(BaseSettings):
         return self.home_dir / "prefect"
 
     @property
+    def staging_dir(self) -> Path:
+        """Where backups, restores and drills stage files (cleaned of killed commands' folders)."""
+        return self.home_dir / "staging"
+
+    @property
     def backup_store_root(self) -> str:
         return self.backup_root or str(self.home_dir / "backups")
 

@@ -44,6 +44,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from data_checks.errors import InputError
+from tasks.staging import staging_folder
 from tasks.store import ArtifactStore, s3_client, s3_error, split_s3_uri
 
 FORMAT_VERSION = 2  # 2: manifest.sig (HMAC) and champion warnings; 1: manifest.sha256 only
@@ -163,6 +164,9 @@ class PlatformState:
     # The MLflow server in front of the `mlflow` database, when there is one: models whose
     # artifacts it proxies (mlflow-artifacts:/ URIs) load only through it.
     server_uri: str | None = None
+    # Where backups, restores and drills stage files (None: the system temp folder); staging
+    # folders name their process, so one a killed command left is removed by the next.
+    staging: Path | None = None
 
     def databases(self) -> dict[str, Database]:
         """role -> database, in dump order."""
@@ -194,6 +198,7 @@ def platform_state(settings: Any) -> PlatformState:
         optuna=Database("optuna", settings.optuna_storage) if settings.optuna_storage else None,
         prefect=prefect_database(Path(settings.prefect_home)),
         server_uri=server_uri,
+        staging=Path(settings.staging_dir),
     )
 
 
@@ -993,8 +998,7 @@ def create_backup(
     backup_id = new_backup_id(now)
     if artifacts_mode not in {"auto", "copy", "listing"}:
         raise InputError(f"artifacts mode {artifacts_mode!r}: choose auto, copy or listing")
-    staging = Path(tempfile.mkdtemp(prefix=f"pynomaly-backup-{backup_id}-", dir=work_dir))
-    try:
+    with staging_folder(f"pynomaly-backup-{backup_id}-", work_dir or state.staging) as staging:
         databases = {role: dump_database(db, staging) for role, db in state.databases().items()}
         suites = pack_store(state.artifacts, staging / EXPECTATIONS, prefix="expectations/")
 
@@ -1063,8 +1067,6 @@ def create_backup(
             store.put_file(f"{backup_id}/{name}", staging / name)
         manifest["seconds"] = round(time.perf_counter() - started, 2)
         write_manifest(store, manifest, key)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     manifest["size_bytes"] = sum(f["bytes"] for f in manifest["files"].values())
     return manifest
 
@@ -1515,8 +1517,7 @@ def restore_backup(
         raise InputError(
             f"restoring backup {backup_id} backs up the current state first, signed: set {KEY_ENV}"
         )
-    with tempfile.TemporaryDirectory(prefix="pynomaly-restore-", dir=work_dir) as tmp:
-        folder = Path(tmp)
+    with staging_folder("pynomaly-restore-", work_dir or state.staging) as folder:
         # Refuses before touching anything: signature, format, names, checksums, archives.
         manifest = verify_backup(store, backup_id, folder, key, trust_unsigned=trust_unsigned)
         check_applicable(state, manifest)
@@ -1608,8 +1609,7 @@ def drill_restore(
     started = time.perf_counter()
     backup_id = resolve_backup_id(store, backup_id)
     token = secrets.token_hex(3)
-    with tempfile.TemporaryDirectory(prefix="pynomaly-drill-", dir=work_dir) as tmp:
-        folder = Path(tmp)
+    with staging_folder("pynomaly-drill-", work_dir or state.staging) as folder:
         scratch = scratch_state(state, folder / "state", token)
         (folder / "state").mkdir()
         pg_scratch = [d for d in scratch.databases().values() if d.kind == "postgresql"]
