@@ -123,7 +123,7 @@ def retrain_detector(
     """Retrain on new data (or the newest batches) plus earlier snapshots; register and gate."""
     from flows.evaluate_model import expected_share_of
     from flows.train_detector import train_detector
-    from registry.promotion import claim_retrain, retrain_attempt
+    from registry.promotion import claim_retrain, repair_model, retrain_attempt
     from registry.versions import client
 
     settings = get_settings()
@@ -131,6 +131,8 @@ def retrain_detector(
     store = settings.store()
     uri = settings.mlflow_tracking_uri
     mlflow_client = client(uri)
+    # Versions a killed train left never count in the window (the train sub-flow ends its runs)
+    repair_model(mlflow_client, uri, model, settings.home_dir)
     champion = resolve_model(uri, model, None, None)
     dataset = champion.tags.get("dataset") or model
 

@@ -33,13 +33,18 @@ def train_detector(
     random_state: int = 0,
 ) -> dict[str, Any]:
     """Train a detector on a source and register it: champion if first, challenger otherwise."""
+    from registry.promotion import discard_unfinished, repair_model
+    from registry.repair import mark_complete
     from registry.tracking import (
+        OWNER_TAG,
         code_version,
         end_run,
         ensure_experiment,
+        owner,
         start_run,
         trial_logger,
     )
+    from registry.versions import client
     from tasks.ingest import check_dataset_name
     from tasks.train import check_contamination, check_detector
 
@@ -69,11 +74,17 @@ def train_detector(
         "code_version": code_version(),
         "detector": detector,
         "label_column": label_column or "",
+        # This process, on the run and the version until the version is marked complete: the
+        # next command tells a version a killed train left from one still being trained.
+        OWNER_TAG: owner(),
     }
-    experiment_id = ensure_experiment(
-        settings.experiment, settings.mlflow_tracking_uri, settings.artifact_store
-    )
-    run_id = start_run(settings.mlflow_tracking_uri, experiment_id, f"train-{model}", tags)
+    uri = settings.mlflow_tracking_uri
+    experiment_id = ensure_experiment(settings.experiment, uri, settings.artifact_store)
+    # Repair what a killed train left: runs still RUNNING, versions that never finished
+    repair_model(client(uri), uri, model, settings.home_dir, experiment_id)
+    run_id = start_run(uri, experiment_id, f"train-{model}", tags)
+    # A failure from here on ends the run and takes back a version it registered, so a failed
+    # train never leaves a half-registered version (a kill -9 is repaired by the next command).
     try:
         result = fit_detector(
             store,
@@ -92,29 +103,37 @@ def train_detector(
                 else None
             ),
         )
-    except BaseException:
-        end_run(settings.mlflow_tracking_uri, run_id, "FAILED")
+
+        # Register, then gate a challenger against the champion (a first version is champion)
+        tags["threshold"] = repr(result.threshold)
+        tags["contamination"] = repr(result.metrics["contamination"])
+        tags["random_state"] = str(random_state)  # the gate rebuilds the hold-out from it
+        registered = register_model(
+            uri,
+            experiment_id,
+            run_id,
+            model,
+            result,
+            params={"label_column": label_column, "dataset": dataset, "rows": manifest.rows},
+            tags=tags,
+        )
+        registered["gate"] = {"decision": "promote", "reasons": ["ok: first version of the model"]}
+        if registered["alias"] == "challenger":
+            from flows.evaluate_model import evaluate_model
+
+            registered["gate"] = evaluate_model(
+                model, registered["version"], label_column=label_column
+            )
+            registered["alias"] = "champion" if registered["gate"]["promoted"] else "challenger"
+        mark_complete(client(uri), model, registered["version"])
+    except BaseException as exc:
+        try:
+            end_run(uri, run_id, "FAILED")
+            why = f"its train failed ({type(exc).__name__})"
+            discard_unfinished(client(uri), uri, model, run_id, settings.home_dir, why)
+        except Exception as cleanup:  # the next command repairs it; the first error counts
+            print(f"could not clean up after the failed train of {model}: {cleanup!r}")
         raise
-
-    # Register, then gate a challenger against the champion (a first version is champion)
-    tags["threshold"] = repr(result.threshold)
-    tags["contamination"] = repr(result.metrics["contamination"])
-    tags["random_state"] = str(random_state)  # the gate rebuilds the labelled hold-out from it
-    registered = register_model(
-        settings.mlflow_tracking_uri,
-        experiment_id,
-        run_id,
-        model,
-        result,
-        params={"label_column": label_column, "dataset": dataset, "rows": manifest.rows},
-        tags=tags,
-    )
-    registered["gate"] = {"decision": "promote", "reasons": ["ok: first version of the model"]}
-    if registered["alias"] == "challenger":
-        from flows.evaluate_model import evaluate_model
-
-        registered["gate"] = evaluate_model(model, registered["version"], label_column=label_column)
-        registered["alias"] = "champion" if registered["gate"]["promoted"] else "challenger"
 
     metrics = {k: round(v, 6) for k, v in result.metrics.items()}
     summary = {

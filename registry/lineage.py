@@ -8,7 +8,8 @@ from typing import Any
 
 from data_checks.errors import InputError
 from registry.promotion import HISTORY_TAG, RETRAIN_TAG
-from registry.versions import CHAMPION
+from registry.repair import REPAIRS_TAG
+from registry.versions import CHAMPION, COMPLETE_TAG, half_registered
 
 LINEAGE_TAGS = [
     "dataset",
@@ -56,6 +57,22 @@ def tuning_of(mlflow_client: Any, run_id: str | None) -> dict[str, Any] | None:
     return {"study": study, "trials": len(trials)}
 
 
+def _state(mv: Any, aliases: dict[str, int]) -> str:
+    """complete, training (its train still runs) or half-registered (never served)."""
+    from registry.tracking import OWNER_TAG
+
+    tags = dict(mv.tags or {})
+    if half_registered(mv, aliases):
+        return "half-registered"
+    if (
+        tags.get(OWNER_TAG)
+        and tags.get(COMPLETE_TAG) != "true"
+        and aliases.get(CHAMPION) != int(mv.version)
+    ):
+        return "training"
+    return "complete"
+
+
 def version_info(
     mv: Any, aliases: dict[str, int], mlflow_client: Any | None = None
 ) -> dict[str, Any]:
@@ -69,6 +86,7 @@ def version_info(
         "status": str(mv.status),
         "run_id": mv.run_id,
         "source": mv.source,
+        "state": _state(mv, aliases),
     }
     info.update({k: tags.get(k) for k in LINEAGE_TAGS})
     info["gate"] = (
@@ -110,7 +128,11 @@ def list_models(mlflow_client: Any) -> list[dict[str, Any]]:
     rows = []
     for model in mlflow_client.search_registered_models(max_results=1000):
         aliases = {a: int(v) for a, v in (model.aliases or {}).items()}
-        versions = _versions(mlflow_client, model.name)
+        # A version a killed train left half-registered is not counted (the next command on
+        # the model removes it).
+        versions = [
+            mv for mv in _versions(mlflow_client, model.name) if not half_registered(mv, aliases)
+        ]
         champion = next((mv for mv in versions if int(mv.version) == aliases.get(CHAMPION)), None)
         latest = versions[-1] if versions else None
         row: dict[str, Any] = {
@@ -152,6 +174,7 @@ def show_model(mlflow_client: Any, name: str, with_tuning: bool = True) -> dict[
         "aliases": aliases,
         "champion_history": _json(tags.get(HISTORY_TAG), []),
         "retrain_history": _json(tags.get(RETRAIN_TAG), []),
+        "repairs": _json(tags.get(REPAIRS_TAG), []),
         "versions": [
             version_info(mv, aliases, mlflow_client if with_tuning else None)
             for mv in _versions(mlflow_client, name)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -22,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from data_checks.errors import InputError
-from registry.versions import CHALLENGER, CHAMPION, aliases_of
+from registry.repair import settle_versions
+from registry.versions import CHALLENGER, CHAMPION, _not_found, aliases_of
 
 HISTORY_TAG = "champion_history"
 RETRAIN_TAG = "retrain_history"
@@ -199,6 +201,7 @@ def promote(
 ) -> dict[str, Any]:
     """Point `champion` at a version under the lock, if the champion is still the one judged."""
     with promotion_lock(tracking_uri, name, lock_dir) as kind:
+        settle_versions(mlflow_client, name)  # what a killed train left is never promoted
         aliases = aliases_of(mlflow_client, name)
         champion = aliases.get(CHAMPION)
         if champion != expected_champion:
@@ -244,6 +247,7 @@ def rollback(
 ) -> dict[str, Any]:
     """Restore the previous champion (or an earlier champion `to`) under the lock."""
     with promotion_lock(tracking_uri, name, lock_dir) as kind:
+        settle_versions(mlflow_client, name)
         champion = aliases_of(mlflow_client, name).get(CHAMPION)
         if champion is None:
             raise InputError(f"model {name!r} has no champion to roll back")
@@ -275,6 +279,54 @@ def record_decision(mlflow_client: Any, name: str, version: int, tags: dict[str,
         mlflow_client.set_model_version_tag(name, str(version), key, value)
 
 
+# --------------------------------------------------------------------------- repair
+
+
+def repair_model(
+    mlflow_client: Any,
+    tracking_uri: str,
+    name: str,
+    lock_dir: Path,
+    experiment_id: str | None = None,
+) -> dict[str, Any]:
+    """Before a command on a model: end runs a dead process left RUNNING (in the experiment)
+    and settle the model's unfinished versions; what was done."""
+    from registry.tracking import end_dead_runs
+
+    killed = end_dead_runs(tracking_uri, experiment_id) if experiment_id else []
+    versions = []
+    if _registered(mlflow_client, name):
+        with promotion_lock(tracking_uri, name, lock_dir):
+            versions = settle_versions(mlflow_client, name)
+    if killed:
+        logging.getLogger(__name__).warning(
+            "marked %d run(s) KILLED: left RUNNING by a process that is gone", len(killed)
+        )
+    return {"runs_killed": killed, "versions": versions}
+
+
+def discard_unfinished(
+    mlflow_client: Any, tracking_uri: str, name: str, run_id: str, lock_dir: Path, why: str
+) -> list[dict[str, Any]]:
+    """When the train flow fails after registering: settle the version of its run now."""
+    if not _registered(mlflow_client, name):
+        return []
+    with promotion_lock(tracking_uri, name, lock_dir):
+        return settle_versions(mlflow_client, name, run_id=run_id, reason=why)
+
+
+def _registered(mlflow_client: Any, name: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow_client.get_registered_model(name)
+    except MlflowException as exc:
+        if _not_found(exc):
+            return False
+        raise
+    return True
+
+
 # --------------------------------------------------------------------------- retraining
 
 
@@ -286,9 +338,13 @@ def read_retrains(mlflow_client: Any, name: str) -> list[dict[str, Any]]:
 
 def record_retrain(mlflow_client: Any, name: str, trigger: str, run: str | None = None) -> str:
     """Append a started retrain to the model's history; returns its time, the entry's key."""
+    from registry.tracking import owner
+
     history = read_retrains(mlflow_client, name)
     at = now_iso()
-    history.append({"at": at, "trigger": trigger, "run": run or "", "status": "started"})
+    history.append(
+        {"at": at, "trigger": trigger, "run": run or "", "status": "started", "owner": owner()}
+    )
     mlflow_client.set_registered_model_tag(name, RETRAIN_TAG, json.dumps(history[-HISTORY_KEEP:]))
     return at
 
@@ -328,7 +384,8 @@ def retrain_allowed(
     """Whether another retrain may start now, given the earlier ones; with the reason.
 
     Every attempt counts against the daily cap (a retrain that keeps failing must not run in a
-    loop); only attempts that did not fail hold the cooldown, so a failed one can be retried.
+    loop); only attempts that did not fail (or get killed) hold the cooldown, so a failed one
+    can be retried.
     An attempt skipped for want of new data counts for neither.
     """
     tried = [e for e in history if e.get("status") != "skipped"]
@@ -336,11 +393,33 @@ def retrain_allowed(
     last_day = [t for t in times if (now - t).total_seconds() < 86_400]
     if len(last_day) >= max_per_day:
         return False, f"{len(last_day)} retrain(s) in the last 24 h (cap {max_per_day})"
-    held = sorted(datetime.fromisoformat(e["at"]) for e in tried if e.get("status") != "failed")
+    held = sorted(
+        datetime.fromisoformat(e["at"])
+        for e in tried
+        if e.get("status") not in {"failed", "killed"}
+    )
     if held and (now - held[-1]).total_seconds() < cooldown_hours * 3600:
         ago = (now - held[-1]).total_seconds() / 3600
         return False, f"last retrain {ago:.1f} h ago (cooldown {cooldown_hours:g} h)"
     return True, "allowed"
+
+
+def end_dead_retrains(mlflow_client: Any, name: str) -> list[dict[str, Any]]:
+    """The retrain history, with attempts still "started" by a process that is gone marked
+    "killed" (so a killed retrain holds no cooldown); the caller holds the lock."""
+    from registry.tracking import owner_alive
+
+    history = read_retrains(mlflow_client, name)
+    dead = [
+        e
+        for e in history
+        if e.get("status") == "started" and e.get("owner") and owner_alive(e["owner"]) is False
+    ]
+    for entry in dead:
+        entry["status"] = "killed"
+    if dead:
+        mlflow_client.set_registered_model_tag(name, RETRAIN_TAG, json.dumps(history))
+    return history
 
 
 def claim_retrain(
@@ -360,10 +439,9 @@ def claim_retrain(
     Returns (True, the entry's time) when claimed, else (False, why not).
     """
     with promotion_lock(tracking_uri, name, lock_dir):
+        history = end_dead_retrains(mlflow_client, name)
         if enforce:
-            ok, why = retrain_allowed(
-                read_retrains(mlflow_client, name), datetime.now(UTC), cooldown_hours, max_per_day
-            )
+            ok, why = retrain_allowed(history, datetime.now(UTC), cooldown_hours, max_per_day)
             if not ok:
                 return False, why
         return True, record_retrain(mlflow_client, name, trigger, run)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 from dataclasses import dataclass
 from importlib import metadata
@@ -13,6 +15,46 @@ import pandas as pd
 from registry.model import DetectorModel
 
 INPUT_EXAMPLE_ROWS = 5
+# The process that opened a run or registered a version, as `host:pid:start`: the next command
+# can then tell a run or version still being written from one a killed process left behind.
+OWNER_TAG = "pynomaly.owner"
+
+
+def _started(pid: int) -> str:
+    """When a process started (clock ticks since boot, from /proc), "" where /proc has no such
+    process or does not exist; a zombie counts as gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return "" if fields[0] in {"Z", "X"} else fields[19]
+
+
+def owner() -> str:
+    """This process as `host:pid:start`; the start time tells a reused pid from the original."""
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_started(pid)}"
+
+
+def owner_alive(value: str) -> bool | None:
+    """Whether the process an owner tag names still runs: None when it ran on another host
+    (this host cannot know, so nothing is repaired on its behalf)."""
+    parts = value.rsplit(":", 2)
+    if len(parts) != 3 or not parts[1].isdigit():
+        return None
+    host, pid, started = parts[0], int(parts[1]), parts[2]
+    if host != socket.gethostname():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process: it exists
+    if started and _started(pid) != started:
+        return False  # a zombie, or the pid now belongs to another process
+    return True
 
 
 def code_version() -> str:
@@ -110,15 +152,38 @@ def start_run(tracking_uri: str, experiment_id: str, run_name: str, tags: dict[s
     """Open a run that child runs (tuning trials) can hang under; log_training resumes it."""
     from mlflow import MlflowClient
 
-    run = MlflowClient(tracking_uri).create_run(experiment_id, run_name=run_name, tags=tags)
+    run = MlflowClient(tracking_uri).create_run(
+        experiment_id, run_name=run_name, tags={**tags, OWNER_TAG: owner()}
+    )
     return run.info.run_id
 
 
 def end_run(tracking_uri: str, run_id: str, status: str) -> None:
-    """Close a run opened by start_run that will not be resumed (e.g. training failed)."""
+    """Close a run opened by start_run that will not be resumed (e.g. training failed); a run
+    that already ended (logging the model ends it) keeps its status."""
     from mlflow import MlflowClient
 
-    MlflowClient(tracking_uri).set_terminated(run_id, status=status)
+    mlflow_client = MlflowClient(tracking_uri)
+    if mlflow_client.get_run(run_id).info.status == "RUNNING":
+        mlflow_client.set_terminated(run_id, status=status)
+
+
+def end_dead_runs(tracking_uri: str, experiment_id: str) -> list[str]:
+    """Mark KILLED the runs left RUNNING by a process of this host that no longer exists;
+    the ids of the runs ended. Runs without an owner tag or from other hosts are left alone."""
+    from mlflow import MlflowClient
+
+    mlflow_client = MlflowClient(tracking_uri)
+    ended = []
+    for run in mlflow_client.search_runs(
+        [experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000
+    ):
+        value = run.data.tags.get(OWNER_TAG)
+        if value and owner_alive(value) is False:
+            mlflow_client.set_tag(run.info.run_id, "pynomaly.ended_by", f"repair by {owner()}")
+            mlflow_client.set_terminated(run.info.run_id, status="KILLED")
+            ended.append(run.info.run_id)
+    return ended
 
 
 def trial_logger(tracking_uri: str, experiment_id: str, parent_run_id: str) -> Any:
@@ -131,7 +196,11 @@ def trial_logger(tracking_uri: str, experiment_id: str, parent_run_id: str) -> A
         run = mlflow_client.create_run(
             experiment_id,
             run_name=f"trial-{trial.get('number', '?')}",
-            tags={"mlflow.parentRunId": parent_run_id, "pynomaly.kind": "tuning-trial"},
+            tags={
+                "mlflow.parentRunId": parent_run_id,
+                "pynomaly.kind": "tuning-trial",
+                OWNER_TAG: owner(),
+            },
         )
         for key, value in trial.items():
             if isinstance(value, int | float) and key != "number":

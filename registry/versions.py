@@ -9,6 +9,9 @@ from data_checks.errors import InputError
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+# Set last by the train flow: the version's train finished (registered, aliased, gated).
+COMPLETE_TAG = "pynomaly.complete"
+FAILED_TAG = "pynomaly.failed"
 
 
 def client(tracking_uri: str) -> Any:
@@ -69,6 +72,20 @@ def aliases_of(mlflow_client: Any, name: str) -> dict[str, int]:
     return {alias: int(v) for alias, v in (model.aliases or {}).items()}
 
 
+def half_registered(mv: Any, aliases: dict[str, int]) -> bool:
+    """A version never to serve or count: marked failed, or registered by a train whose process
+    died before the train finished and that did not become champion (the next train, retrain,
+    promote or rollback of the model removes it; see registry.repair)."""
+    from registry.tracking import OWNER_TAG, owner_alive
+
+    tags = dict(mv.tags or {})
+    if tags.get(FAILED_TAG) == "true":
+        return True
+    if not tags.get(OWNER_TAG) or tags.get(COMPLETE_TAG) == "true":
+        return False
+    return aliases.get(CHAMPION) != int(mv.version) and owner_alive(tags[OWNER_TAG]) is False
+
+
 def resolve_version(
     mlflow_client: Any, name: str, alias: str | None = None, version: int | None = None
 ) -> ResolvedVersion:
@@ -94,6 +111,13 @@ def resolve_version(
         if _not_found(exc):
             raise InputError(f"model {name!r} has no version {version}") from exc
         raise
+    if (mv.tags or {}).get(FAILED_TAG) == "true":
+        raise InputError(f"{name} v{mv.version} is marked failed ({FAILED_TAG}); it is not served")
+    if half_registered(mv, aliases):
+        raise InputError(
+            f"{name} v{mv.version} was left half-registered by a train that did not finish; it "
+            f"is never served (the next train, retrain, promote or rollback of {name!r} removes it)"
+        )
     found_alias = (
         alias
         if version is None
@@ -112,7 +136,12 @@ def resolve_version(
 def register_version(
     mlflow_client: Any, model_uri: str, name: str, run_id: str, tags: dict[str, str]
 ) -> tuple[int, str]:
-    """Register a logged model as a new version; the first becomes champion, later challenger."""
+    """Register a logged model as a new version; the first becomes champion, later challenger.
+
+    A caller that tags the version with its owner (registry.tracking.OWNER_TAG, as the train
+    flow does) must tag it complete when done: until then it is unfinished, and removed once
+    its owner is gone (registry.repair).
+    """
     from mlflow.exceptions import MlflowException
 
     try:
