@@ -25,7 +25,7 @@ def build(home: Path, versions: int, rows: int) -> dict[str, float]:
     from mlflow.models import infer_signature
     from pyod.models.iforest import IForest
 
-    from deployments.settings import Settings
+    from pynomaly.settings import Settings
     from registry.model import DetectorModel
     from registry.tracking import ensure_experiment
     from registry.versions import client
@@ -90,7 +90,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     logging.getLogger("mlflow").setLevel(logging.ERROR)
 
-    from deployments.settings import Settings
+    from pynomaly.settings import Settings
     from tasks import backup
 
     root = Path(tempfile.mkdtemp(prefix="pynomaly-bench-backup-"))

@@ -21,7 +21,7 @@ IdArg = Annotated[str, typer.Argument(help="Backup id, or 'latest'.")]
 
 def _store_and_state(need_state: bool = True) -> tuple[Any, Any]:
     """The backup store and (when asked) the platform state, from settings."""
-    from deployments.settings import get_settings
+    from pynomaly.settings import get_settings
     from tasks import backup
 
     settings = get_settings()
@@ -31,7 +31,7 @@ def _store_and_state(need_state: bool = True) -> tuple[Any, Any]:
 
 def _key(store: Any, create: bool = False) -> Any:
     """The backup key (environment or the home's key file); made only when `create`."""
-    from deployments.settings import get_settings
+    from pynomaly.settings import get_settings
     from tasks import backup
 
     return backup.backup_key(get_settings(), store, create=create)
@@ -58,8 +58,8 @@ def create(
     from deployments.cli import run, show
 
     def work() -> dict[str, Any]:
-        from data_checks.errors import InputError
         from flows.backup_platform import backup_platform
+        from pynomaly.errors import InputError
 
         if artifacts not in {"auto", "copy", "listing"}:
             raise InputError(f"--artifacts {artifacts!r}: choose auto, copy or listing")
@@ -135,7 +135,7 @@ def verify(
     from deployments.cli import run, show
 
     def work() -> dict[str, Any]:
-        from deployments.settings import get_settings
+        from pynomaly.settings import get_settings
         from tasks import backup
         from tasks.staging import staging_folder
 
@@ -222,7 +222,7 @@ def prune(
     from deployments.cli import run, show
 
     def work() -> dict[str, Any]:
-        from deployments.settings import get_settings
+        from pynomaly.settings import get_settings
         from tasks import backup
 
         settings = get_settings()

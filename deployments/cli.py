@@ -74,8 +74,8 @@ def run(
     `checks` validates the arguments before Prefect starts; with --json, whatever libraries
     print on stdout (MLflow's "View run" lines) is kept off it: stdout is the one JSON object.
     """
-    from data_checks.errors import InputError
-    from deployments.settings import apply_runtime_environment, get_settings
+    from pynomaly.errors import InputError
+    from pynomaly.settings import apply_runtime_environment, get_settings
 
     if not debug:
         _quiet_libraries()
@@ -170,7 +170,7 @@ def _remove_leftovers(settings: Any) -> None:
 def _check_local_file(source: str | None) -> None:
     """Fail at once on a missing local file, an s3:// URI without a key, a SQL URL with a
     password or an unset env: reference, before the seconds Prefect takes to start."""
-    from data_checks.errors import InputError
+    from pynomaly.errors import InputError
     from tasks.ingest import check_source, is_reference
 
     if source:
@@ -439,8 +439,8 @@ def demo(
         from sklearn.metrics import roc_auc_score
 
         from deployments.demo import LABEL, build_demo_files, record_demo_feedback
-        from deployments.settings import get_settings
         from flows.run_pipeline import pipeline as pipeline_flow
+        from pynomaly.settings import get_settings
         from tasks.results import read_batch, results_engine
 
         settings = get_settings()

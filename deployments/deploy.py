@@ -49,7 +49,7 @@ def load_project(prefect_file: Path) -> dict[str, Any]:
 
 def select_deployments(project: dict[str, Any], names: list[str] | None) -> list[dict[str, Any]]:
     """The deployments called `names` (all when empty); unknown names are an input error."""
-    from data_checks.errors import InputError
+    from pynomaly.errors import InputError
 
     declared = {d["name"]: d for d in project["deployments"]}
     if not names:
@@ -185,7 +185,7 @@ def register(
     timeout: float = 300.0,
 ) -> dict[str, Any]:
     """Register deployments and the drift automation on the Prefect server; a summary."""
-    from data_checks.errors import InputError
+    from pynomaly.errors import InputError
 
     started = time.perf_counter()
     prefect_file = (prefect_file or repo_dir() / "prefect.yaml").resolve()

@@ -24,7 +24,7 @@ def feedback(
     from deployments.cli import run, show
 
     def work() -> dict[str, Any]:
-        from deployments.settings import get_settings
+        from pynomaly.settings import get_settings
         from tasks.feedback import record_feedback_file
 
         return record_feedback_file(get_settings().results_url, source, by)

@@ -136,7 +136,7 @@ def results_reader_engine(url: str) -> Any:
     """
     import sqlalchemy as sa
 
-    from data_checks.errors import InputError
+    from pynomaly.errors import InputError
 
     parsed = sa.engine.make_url(url)
     connect_args: dict[str, Any] = {}
@@ -247,7 +247,7 @@ class ModelRegistration:
 
 def check_tracking_store(tracking_uri: str) -> None:
     """Fail when the tracking store cannot be read; never create an embedded SQLite store."""
-    from data_checks.errors import InputError
+    from pynomaly.errors import InputError
 
     if tracking_uri.startswith("sqlite:///"):
         path = tracking_uri.removeprefix("sqlite:///")
@@ -287,7 +287,7 @@ def read_registry(tracking_uri: str) -> dict[str, ModelRegistration]:
 
 def check_store(root: str, endpoint_url: str | None) -> None:
     """Fail when a folder or s3://bucket/prefix store cannot be read (one small listing)."""
-    from data_checks.errors import InputError
+    from pynomaly.errors import InputError
     from tasks.store import s3_client, s3_error, split_s3_uri
 
     if not root.startswith("s3://"):
@@ -489,7 +489,7 @@ def _check(work: Callable[[], str]) -> dict[str, Any]:
 
 def champion_loads(tracking_uri: str, name: str, version: int) -> str:
     """Raise InputError naming the model when its champion's artifacts do not load."""
-    from data_checks.errors import InputError
+    from pynomaly.errors import InputError
     from registry.promotion import check_loadable
     from registry.versions import client
 
@@ -511,7 +511,7 @@ def health_report(
     champion is loaded from its artifacts (downloaded, not scored)."""
     import sqlalchemy as sa
 
-    from data_checks.errors import InputError
+    from pynomaly.errors import InputError
 
     now = now or datetime.now(UTC)
 

@@ -37,7 +37,7 @@ def _fail_fast_mlflow() -> None:
 
 def _collector() -> Any:
     from deployments.metrics import PlatformCollector, Sources
-    from deployments.settings import get_settings
+    from pynomaly.settings import get_settings
 
     _fail_fast_mlflow()
     return PlatformCollector(Sources.from_settings(get_settings()))
@@ -109,7 +109,7 @@ def health(
 
     def work() -> dict[str, Any]:
         from deployments.metrics import Sources, health_report
-        from deployments.settings import get_settings
+        from pynomaly.settings import get_settings
 
         _fail_fast_mlflow()
         settings = get_settings()

@@ -23,7 +23,7 @@ NameArg = Annotated[str, typer.Argument(help="Registered model name.")]
 
 
 def _client() -> Any:
-    from deployments.settings import get_settings
+    from pynomaly.settings import get_settings
     from registry.versions import client
 
     return client(get_settings().mlflow_tracking_uri)
@@ -156,7 +156,7 @@ def promote(
     from deployments.cli import run
 
     def work() -> dict[str, Any]:
-        from deployments.settings import get_settings
+        from pynomaly.settings import get_settings
         from registry.promotion import promote as promote_version
         from registry.versions import CHAMPION, aliases_of
 
@@ -194,7 +194,7 @@ def rollback(
     from deployments.cli import run
 
     def work() -> dict[str, Any]:
-        from deployments.settings import get_settings
+        from pynomaly.settings import get_settings
         from registry.promotion import rollback as rollback_version
 
         settings = get_settings()

@@ -565,7 +565,7 @@ def start_postgres(
 
 def _check_reachable(folder: Path, user: str) -> None:
     """Fail with a clear message when `user` cannot reach `folder` (e.g. it sits under /root)."""
-    from data_checks.errors import InputError
+    from pynomaly.errors import InputError
 
     check = subprocess.run(
         ["test", "-w", str(folder), "-a", "-x", str(folder)], user=user, group=user, cwd="/"

@@ -91,7 +91,7 @@ class Layout:
 
 def _home() -> Path:
     """The platform home (settings read now, lazily)."""
-    from deployments.settings import Settings
+    from pynomaly.settings import Settings
 
     return Settings().home_dir
 
@@ -228,7 +228,7 @@ def _write_env_file(path: Path, env: dict[str, str], what: str) -> None:
 
 def _external(name: str, state: dict[str, Any]) -> str | None:
     """A URL configured for `name` that is not one of ours (then we do not start it)."""
-    from deployments.settings import Settings
+    from pynomaly.settings import Settings
 
     settings = Settings()
     ours = state["services"].get(name, {}).get("url")
@@ -249,7 +249,7 @@ def _artifact_root(layout: Layout, state: dict[str, Any]) -> str:
     """Where artifacts go: an S3 bucket the operator names (PYNOMALY_ARTIFACT_ROOT=s3://...,
     and PYNOMALY_S3_ENDPOINT_URL for MinIO or another S3 service, unset for AWS; an endpoint
     alone means s3://pynomaly/artifacts there), else the folder DIR/artifacts."""
-    from deployments.settings import Settings
+    from pynomaly.settings import Settings
 
     root = Settings().artifact_root
     if root and root.startswith("s3://"):
@@ -269,9 +269,9 @@ def up(folder: DirOption = None, as_json: JsonOption = False) -> None:
 
 
 def _up(folder: Path | None, as_json: bool) -> None:
-    from data_checks.errors import InputError
     from deployments import services
-    from deployments.settings import refuse_placeholders
+    from pynomaly.errors import InputError
+    from pynomaly.settings import refuse_placeholders
 
     layout = _layout(folder)
     try:
@@ -441,7 +441,7 @@ def _up(folder: Path | None, as_json: bool) -> None:
             if _recorded_alive(svc.get("prefect-worker")):
                 note("prefect-worker", "already running")
             else:
-                from deployments.settings import Settings
+                from pynomaly.settings import Settings
 
                 # The worker's flow runs get the same client settings as `source pynomaly.env`.
                 worker_env = _client_env(state, secrets)

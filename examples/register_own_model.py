@@ -22,7 +22,7 @@ from sklearn.preprocessing import StandardScaler
 
 def main() -> None:
     """Fit, log, register; print the `pynomaly registry evaluate` command."""
-    from deployments.settings import get_settings
+    from pynomaly.settings import get_settings
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=".pynomaly/demo/train.csv", help="Training CSV.")

@@ -8,7 +8,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from deployments.settings import get_settings
+from pynomaly.settings import get_settings
 from tasks import backup
 
 take_backup = task(name="take_backup", cache_policy=NO_CACHE)(backup.create_backup)

@@ -9,8 +9,8 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from data_checks.errors import InputError
-from deployments.settings import get_settings
+from pynomaly.errors import InputError
+from pynomaly.settings import get_settings
 from tasks.ingest import Manifest
 from tasks.steps import load_source, resolve_model
 from tasks.store import ArtifactStore
@@ -111,7 +111,7 @@ def check_drift(
 
     settings = get_settings()
     settings.export_client_environment()
-    store = settings.store()
+    store = ArtifactStore(settings.artifact_store, settings.s3_endpoint_url)
     uri = settings.mlflow_tracking_uri
     name, ref_alias = parse_model_ref(model)
     resolved = resolve_model(uri, name, alias or ref_alias, None)

@@ -9,9 +9,10 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from data_checks.errors import InputError
-from deployments.settings import get_settings
+from pynomaly.errors import InputError
+from pynomaly.settings import get_settings
 from tasks.steps import load_feedback_rows
+from tasks.store import ArtifactStore
 
 # These tasks are thin wrappers like those in tasks/steps.py; they live here until steps.py
 # (owned elsewhere) takes them.
@@ -33,7 +34,7 @@ def load_evaluation_data(
     from tasks.train import HOLDOUT_SHARE, split_labels
 
     settings = get_settings()
-    store = settings.store()
+    store = ArtifactStore(settings.artifact_store, settings.s3_endpoint_url)
     mlflow_client = client(tracking_uri)
     target = resolve_version(mlflow_client, model, version=version)
     champion_no = aliases_of(mlflow_client, model).get(CHAMPION)
@@ -227,7 +228,7 @@ def evaluate_model(
     compared = [v for v in (batch["target"], champion) if v is not None]
     feedback = load_feedback_rows(
         settings.results_url,
-        settings.store(),
+        ArtifactStore(settings.artifact_store, settings.s3_endpoint_url),
         model,
         [
             f"{v.tags['dataset']}/{v.tags['dataset_sha256']}"

@@ -7,8 +7,9 @@ from typing import Any
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from deployments.settings import get_settings
+from pynomaly.settings import get_settings
 from tasks.steps import load_source, validate_batch
+from tasks.store import ArtifactStore
 
 
 @flow(name="ingest-dataset", log_prints=True)
@@ -21,7 +22,7 @@ def ingest_dataset(
 ) -> dict[str, Any]:
     """Snapshot a CSV, Parquet, SQL or s3:// source and validate it against its suite."""
     settings = get_settings()
-    store = settings.store()
+    store = ArtifactStore(settings.artifact_store, settings.s3_endpoint_url)
 
     # Ingest
     manifest = load_source(source, dataset, store, query, delimiter, settings.chunk_rows)

@@ -8,7 +8,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from deployments.settings import get_settings
+from pynomaly.settings import get_settings
 from tasks import backup
 
 drill_restore = task(name="drill_restore", cache_policy=NO_CACHE)(backup.drill_restore)

@@ -10,8 +10,8 @@ from typing import Any, Literal
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from data_checks.errors import InputError
-from deployments.settings import get_settings
+from pynomaly.errors import InputError
+from pynomaly.settings import get_settings
 from tasks.steps import load_feedback_labels, load_source, resolve_model
 from tasks.store import ArtifactStore
 
@@ -128,7 +128,7 @@ def retrain_detector(
 
     settings = get_settings()
     settings.export_client_environment()
-    store = settings.store()
+    store = ArtifactStore(settings.artifact_store, settings.s3_endpoint_url)
     uri = settings.mlflow_tracking_uri
     mlflow_client = client(uri)
     # Versions a killed train left never count in the window (the train sub-flow ends its runs)

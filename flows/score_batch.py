@@ -7,7 +7,7 @@ from typing import Any
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from deployments.settings import get_settings
+from pynomaly.settings import get_settings
 from tasks.steps import (
     check_batch_schema,
     load_model_scorer,
@@ -17,12 +17,13 @@ from tasks.steps import (
     score_into_results,
     validate_batch,
 )
+from tasks.store import ArtifactStore
 
 
 def load_batch(source: str, model: str, query: str | None = None, delimiter: str = ",") -> Any:
     """Read, check and snapshot a batch of a model as score_batch does (the manifest)."""
     settings = get_settings()
-    store = settings.store()
+    store = ArtifactStore(settings.artifact_store, settings.s3_endpoint_url)
     return load_source(source, f"{model}-batches", store, query, delimiter, settings.chunk_rows)
 
 
@@ -45,7 +46,7 @@ def score_batch(
     check_batch_id(batch_id)
     settings = get_settings()
     settings.export_client_environment()
-    store = settings.store()
+    store = ArtifactStore(settings.artifact_store, settings.s3_endpoint_url)
     resolved = resolve_model(settings.mlflow_tracking_uri, name, ref_alias, version)
 
     # Ingest: the batch is snapshotted like any data; its hash is the default batch id

@@ -7,7 +7,7 @@ from typing import Any
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from deployments.settings import get_settings
+from pynomaly.settings import get_settings
 from tasks.steps import (
     check_training_data,
     fit_detector,
@@ -15,6 +15,7 @@ from tasks.steps import (
     register_model,
     validate_batch,
 )
+from tasks.store import ArtifactStore
 
 
 @flow(name="train-detector", log_prints=True)
@@ -52,7 +53,7 @@ def train_detector(
     check_detector(detector)
     settings = get_settings()
     settings.export_client_environment()
-    store = settings.store()
+    store = ArtifactStore(settings.artifact_store, settings.s3_endpoint_url)
     dataset = check_dataset_name(dataset or model)
 
     # Ingest, and refuse data nothing can be learnt from before a suite, run or version exists

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from data_checks.errors import InputError
+from pynomaly.errors import InputError
 
 PROMOTE, KEEP, REJECT = "promote", "keep", "reject"
 DEFAULT_EXPECTED_SHARE = 0.05

@@ -6,7 +6,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from data_checks.errors import InputError
+from pynomaly.errors import InputError
 from registry.promotion import HISTORY_TAG, RETRAIN_TAG
 from registry.repair import REPAIRS_TAG
 from registry.versions import CHAMPION, COMPLETE_TAG, half_registered

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from data_checks.errors import InputError
+from pynomaly.errors import InputError
 from registry.repair import settle_versions
 from registry.versions import CHALLENGER, CHAMPION, _not_found, aliases_of
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from data_checks.errors import InputError
+from pynomaly.errors import InputError
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from data_checks.errors import InputError
+from pynomaly.errors import InputError
 from tasks.detectors import calibrate_threshold, make_preprocessor, split_columns
 from tasks.search_space import (
     CLASSIFIER_DEFAULTS,

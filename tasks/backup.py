@@ -43,7 +43,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from data_checks.errors import InputError
+from pynomaly.errors import InputError
 from tasks.staging import staging_folder
 from tasks.store import ArtifactStore, s3_client, s3_error, split_s3_uri
 
@@ -194,7 +194,7 @@ def platform_state(settings: Any) -> PlatformState:
     return PlatformState(
         mlflow=Database("mlflow", tracking),
         results=Database("results", settings.results_url),
-        artifacts=settings.store(),
+        artifacts=ArtifactStore(settings.artifact_store, settings.s3_endpoint_url),
         optuna=Database("optuna", settings.optuna_storage) if settings.optuna_storage else None,
         prefect=prefect_database(Path(settings.prefect_home)),
         server_uri=server_uri,

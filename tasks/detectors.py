@@ -13,7 +13,7 @@ from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import MinMaxScaler, OneHotEncoder, RobustScaler, StandardScaler
 
-from data_checks.errors import InputError
+from pynomaly.errors import InputError
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from data_checks.errors import InputError
+from pynomaly.errors import InputError
 
 PSI_BINS = 10
 # PSI >= 0.2 is the usual "significant shift" rule of thumb for score distributions.

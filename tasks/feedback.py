@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from data_checks.errors import InputError
+from pynomaly.errors import InputError
 from registry.gate import MIN_FEEDBACK_ANOMALIES, FeedbackRows
 from tasks.results import detection_results, metadata, results_engine
 

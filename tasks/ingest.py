@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from data_checks.errors import InputError
+from pynomaly.errors import InputError
 from tasks.store import ArtifactStore, s3_client, s3_error, split_s3_uri
 
 PARQUET_SUFFIXES = {".parquet", ".pq"}

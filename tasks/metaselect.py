@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from data_checks.errors import InputError
+from pynomaly.errors import InputError
 
 META_MODEL_PATH = Path(__file__).with_name("metamodel.json.gz")
 FORMAT = "pynomaly-metamodel"

@@ -18,7 +18,7 @@ from datetime import datetime
 import pandas as pd
 import sqlalchemy as sa
 
-from data_checks.errors import InputError
+from pynomaly.errors import InputError
 
 metadata = sa.MetaData()
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from data_checks.errors import InputError
+from pynomaly.errors import InputError
 from tasks.ingest import Manifest, iter_snapshot
 
 NUMERIC_TYPES = {"double", "float", "long", "integer"}

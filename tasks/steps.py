@@ -11,8 +11,8 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from data_checks.errors import InputError
 from data_checks.suite import ValidationReport
+from pynomaly.errors import InputError
 from tasks.ingest import (
     Manifest,
     check_source,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from data_checks.errors import InputError
+from pynomaly.errors import InputError
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from data_checks.errors import InputError
+from pynomaly.errors import InputError
 from tasks.detectors import DEFAULT_DETECTOR, calibrate_threshold, detector_class, make_pipeline
 
 DEFAULT_CONTAMINATION = 0.05

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 import pandas as pd
 
-from data_checks.errors import ValidationFailed
 from data_checks.suite import ValidationReport, dumps_suite, generate_suite, run_suite, suite_key
+from pynomaly.errors import ValidationFailed
 from tasks.ingest import Manifest, snapshot_key
 from tasks.store import ArtifactStore
 

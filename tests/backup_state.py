@@ -21,9 +21,10 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from deployments.settings import Settings
+from pynomaly.settings import Settings
 from tasks import backup
 from tasks.results import detection_results, replace_batch, results_engine
+from tasks.store import ArtifactStore
 
 FEATURES = ["a", "b", "c"]
 
@@ -79,7 +80,7 @@ def build_state(settings: Settings, batch_rows: tuple[int, int]) -> None:
     score_rows(engine, "batch-1", batch_rows[0])
     score_rows(engine, "batch-2", batch_rows[1])
     engine.dispose()
-    store = settings.store()
+    store = ArtifactStore(settings.artifact_store, settings.s3_endpoint_url)
     store.put_bytes("expectations/alpha.json", b'{"name": "alpha"}')
     store.put_bytes("datasets/alpha/abc.parquet", b"bytes standing in for a snapshot")
 
@@ -149,7 +150,7 @@ def snapshot(settings: Settings) -> dict[str, Any]:
     engine = sa.create_engine(settings.results_url, poolclass=sa.NullPool)
     rows = pd.read_sql(detection_results.select(), engine).sort_values(["batch_id", "row_index"])
     engine.dispose()
-    store = settings.store()
+    store = ArtifactStore(settings.artifact_store, settings.s3_endpoint_url)
     files = {k: hashlib.sha256(store.get_bytes(k)).hexdigest() for k in store.list()}
     return {"models": models, "rows": rows.reset_index(drop=True), "files": files}
 

@@ -44,7 +44,7 @@ def prefect_harness() -> Iterator[None]:
 @pytest.fixture
 def platform_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A fresh PYNOMALY_HOME (embedded MLflow, artifacts, results) for one test."""
-    from deployments.settings import get_settings
+    from pynomaly.settings import get_settings
 
     for var in PLATFORM_VARS:
         monkeypatch.delenv(var, raising=False)

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deployments.settings import get_settings
+from pynomaly.settings import get_settings
 
 FEATURES = ["a", "b", "c", "d"]
 

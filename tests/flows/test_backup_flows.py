@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from deployments.settings import get_settings
 from flows.backup_platform import backup_platform
 from flows.restore_drill import restore_drill
+from pynomaly.settings import get_settings
 from tasks import backup
 from tasks.results import replace_batch, results_engine
+from tasks.store import ArtifactStore
 
 
 def test_backup_flow_then_drill_flow(platform_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -33,7 +34,8 @@ def test_backup_flow_then_drill_flow(platform_home: Path, monkeypatch: pytest.Mo
         scored_at=datetime(2026, 1, 1, tzinfo=UTC),
     )
     engine.dispose()
-    settings.store().put_bytes("expectations/m.json", b"{}")
+    store = ArtifactStore(settings.artifact_store, settings.s3_endpoint_url)
+    store.put_bytes("expectations/m.json", b"{}")
     store = backup.backup_store(settings.backup_store_root)
     old = backup.new_backup_id(datetime(2020, 1, 1, tzinfo=UTC))  # past every retention window
     store.put_bytes(f"{old}/{backup.MANIFEST}", b"{}")

@@ -23,7 +23,7 @@ import pytest
 from typer.testing import CliRunner
 
 from deployments.cli import app
-from deployments.settings import get_settings
+from pynomaly.settings import get_settings
 
 runner = CliRunner()
 MODEL = "breast-cancer"

@@ -17,7 +17,7 @@ from sql_sources import build_source, source_state
 from typer.testing import CliRunner
 
 from deployments.cli import app
-from deployments.settings import get_settings
+from pynomaly.settings import get_settings
 
 runner = CliRunner()
 

@@ -6,11 +6,12 @@ import json
 
 import pytest
 
-from data_checks.errors import InputError, ValidationFailed
 from deployments.demo import LABEL, build_demo_files
-from deployments.settings import get_settings
 from flows.ingest_dataset import ingest_dataset
 from flows.validate_dataset import validate_dataset
+from pynomaly.errors import InputError, ValidationFailed
+from pynomaly.settings import get_settings
+from tasks.store import ArtifactStore
 
 
 def test_ingest_then_revalidate_after_editing_the_suite(platform_home) -> None:
@@ -21,7 +22,7 @@ def test_ingest_then_revalidate_after_editing_the_suite(platform_home) -> None:
     assert again["sha256"] == first["sha256"] and not again["validation"]["suite_created"]
     assert validate_dataset("bc", first["sha256"])["success"]
 
-    store = get_settings().store()
+    store = ArtifactStore(get_settings().artifact_store, get_settings().s3_endpoint_url)
     suite = json.loads(store.get_bytes("expectations/bc.json"))
     suite["expectations"].append(
         {

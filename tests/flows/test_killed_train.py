@@ -22,9 +22,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from data_checks.errors import InputError
 from deployments.registry_cli import registry_app
-from deployments.settings import get_settings
+from pynomaly.errors import InputError
+from pynomaly.settings import get_settings
 
 PYNOMALY = str(Path(sys.executable).with_name("pynomaly"))
 

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from deployments.registry_cli import registry_app
-from deployments.settings import get_settings
+from pynomaly.settings import get_settings
 
 FEATURES = ["a", "b", "c", "d"]
 
@@ -162,9 +162,9 @@ def test_drift_starts_a_retrain_with_a_cooldown(files, monkeypatch):
 
 
 def test_a_failed_retrain_is_recorded_and_holds_no_cooldown(files, tmp_path, monkeypatch):
-    from data_checks.errors import InputError
     from flows.retrain_detector import retrain_detector
     from flows.train_detector import train_detector
+    from pynomaly.errors import InputError
     from registry.promotion import read_retrains
 
     train_detector(files["train"], "m", label_column="y")

@@ -13,7 +13,7 @@ from old_results import create_old_results_db, expected_summaries, primary_key, 
 from typer.testing import CliRunner
 
 from deployments.cli import app
-from deployments.settings import get_settings
+from pynomaly.settings import get_settings
 from tasks.results import batch_counts, replace_batch, results_engine
 
 

@@ -9,10 +9,10 @@ from mlflow.models import infer_signature
 from sklearn.ensemble import IsolationForest
 
 from deployments.demo import LABEL, build_demo_files
-from deployments.settings import get_settings
 from flows.evaluate_model import evaluate_model
 from flows.score_batch import score_batch
 from flows.train_detector import train_detector
+from pynomaly.settings import get_settings
 from tasks.results import results_engine
 
 

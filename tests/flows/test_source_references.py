@@ -15,10 +15,11 @@ import sqlalchemy as sa
 from prefect.blocks.system import Secret
 from secret_scan import scan
 
-from data_checks.errors import InputError
-from deployments.settings import get_settings
 from flows.ingest_dataset import ingest_dataset
 from flows.train_detector import train_detector
+from pynomaly.errors import InputError
+from pynomaly.settings import get_settings
+from tasks.store import ArtifactStore
 
 ROWS = 50
 
@@ -64,7 +65,7 @@ def test_secret_block_url_is_read_inside_the_read_and_recorded_nowhere(
 
     done = ingest_dataset(source, "d", query="readings")
     assert done["rows"] == ROWS
-    store = get_settings().store()
+    store = ArtifactStore(get_settings().artifact_store, get_settings().s3_endpoint_url)
     assert f'"source": "{source}"' in store.get_bytes(f"datasets/d/{done['sha256']}.json").decode()
     # An error names the reference and the URL with its password hidden.
     with pytest.raises(InputError) as failed:
@@ -97,7 +98,12 @@ def test_secret_block_that_does_not_resolve_is_one_error_naming_it(
     with pytest.raises(InputError) as failed:
         ingest_dataset(f"secret:{name}", "d", query="readings")
     assert str(failed.value) == f"secret:{name}: " + message.format(name=name)
-    assert get_settings().store().list("datasets") == []
+    assert (
+        ArtifactStore(get_settings().artifact_store, get_settings().s3_endpoint_url).list(
+            "datasets"
+        )
+        == []
+    )
 
 
 @pytest.mark.parametrize("flow", [ingest_dataset, train_detector])
@@ -112,4 +118,9 @@ def test_flow_given_a_url_with_a_password_refuses_it_before_reading(
     assert message.startswith(f"sqlite://reader:***@/{tmp_path}/src.db: a SQL URL with a password")
     assert "env:VARNAME" in message and "secret:BLOCKNAME" in message
     assert token not in message and "\n" not in message
-    assert get_settings().store().list("datasets") == []
+    assert (
+        ArtifactStore(get_settings().artifact_store, get_settings().s3_endpoint_url).list(
+            "datasets"
+        )
+        == []
+    )

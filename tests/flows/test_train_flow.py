@@ -5,8 +5,8 @@ from __future__ import annotations
 import mlflow
 
 from deployments.demo import LABEL, build_demo_files
-from deployments.settings import get_settings
 from flows.train_detector import train_detector
+from pynomaly.settings import get_settings
 
 
 def test_training_resumes_its_run_whatever_experiment_is_active(platform_home) -> None:

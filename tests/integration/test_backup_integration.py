@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from data_checks.errors import InputError
-from deployments.settings import Settings, get_settings
+from pynomaly.errors import InputError
+from pynomaly.settings import Settings, get_settings
 from tasks import backup
 from tasks.results import results_engine
-from tasks.store import s3_client
+from tasks.store import ArtifactStore, s3_client
 
 pytestmark = pytest.mark.integration
 
@@ -74,7 +74,7 @@ def destroy(settings: Settings, pg_server: Any) -> None:
     """Drop every database and delete every artifact object."""
     for url in (settings.mlflow_tracking_uri, settings.results_url, settings.optuna_storage):
         pg_server.drop_database(sa.make_url(url).database)
-    store = settings.store()
+    store = ArtifactStore(settings.artifact_store, settings.s3_endpoint_url)
     for key in store.list():
         store.delete(key)
     assert store.list() == []
@@ -154,7 +154,8 @@ def test_versioned_bucket_is_listed_and_restored_by_version(
     assert "artifacts.tar.gz" not in manifest["files"]
 
     # Overwrite one object, then delete everything (delete markers) and drop the databases.
-    platform.store().put_bytes("datasets/alpha/abc.parquet", b"changed after the backup")
+    store = ArtifactStore(platform.artifact_store, platform.s3_endpoint_url)
+    store.put_bytes("datasets/alpha/abc.parquet", b"changed after the backup")
     destroy(platform, pg_server)
     drill = backup.drill_restore(state, store, manifest["id"], key=key)  # reads old versions only
     assert drill["verification"]["champions_checked"] == 2

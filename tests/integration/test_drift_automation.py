@@ -54,9 +54,9 @@ def test_drift_event_runs_the_retrain_deployment(
     from prefect.events.worker import EventsWorker
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from deployments.settings import get_settings
     from flows.check_drift import check_drift
     from flows.train_detector import train_detector
+    from pynomaly.settings import get_settings
 
     work = services_root / f"drift-{uuid.uuid4().hex[:8]}"
     work.mkdir(parents=True)

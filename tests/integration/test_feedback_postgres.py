@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from data_checks.errors import InputError
+from pynomaly.errors import InputError
 from tasks.feedback import (
     detection_feedback,
     feedback_counts,
@@ -119,7 +119,7 @@ def test_feedback_scenario_on_a_postgres_results_db(
 ) -> None:
     from feedback_scenario import feedback_scenario
 
-    from deployments.settings import get_settings
+    from pynomaly.settings import get_settings
 
     monkeypatch.setenv("PYNOMALY_RESULTS_DB_URL", pg_url)
     get_settings.cache_clear()

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from data_checks.errors import InputError
 from deployments.demo import LABEL, build_demo_files
-from deployments.settings import get_settings
+from pynomaly.errors import InputError
+from pynomaly.settings import get_settings
 from tasks.ingest import snapshot_source
 from tasks.results import batch_counts, replace_batch, results_engine
 from tasks.store import ArtifactStore

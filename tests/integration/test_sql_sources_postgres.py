@@ -10,9 +10,9 @@ import sqlalchemy as sa
 from sql_sources import TABLES, WRITES, build_source, source_state
 from typer.testing import CliRunner
 
-from data_checks.errors import InputError
 from deployments.cli import app
-from deployments.settings import get_settings
+from pynomaly.errors import InputError
+from pynomaly.settings import get_settings
 from tasks.ingest import load_snapshot, snapshot_source
 from tasks.store import ArtifactStore
 

@@ -13,7 +13,7 @@ import pytest
 from pyod.utils.data import generate_data
 from sklearn.metrics import roc_auc_score
 
-from data_checks.errors import InputError
+from pynomaly.errors import InputError
 from tasks.automl import (
     LABEL_FREE,
     SEMI_SUPERVISED,
@@ -229,7 +229,7 @@ def test_benchmark_never_passes_test_labels_to_the_search(monkeypatch: pytest.Mo
     [({"time_budget_s": -5}, "time budget must be a positive"), ({"n_trials": 0}, "trials")],
 )
 def test_bad_budget_or_trials_is_an_input_error(data: tuple, kwargs: dict, message: str) -> None:
-    from data_checks.errors import InputError
+    from pynomaly.errors import InputError
 
     with pytest.raises(InputError, match=message):
         fit_best_detector(data[0], **kwargs)

@@ -27,8 +27,8 @@ from backup_state import (
 )
 from typer.testing import CliRunner
 
-from data_checks.errors import InputError
-from deployments.settings import Settings, get_settings
+from pynomaly.errors import InputError
+from pynomaly.settings import Settings, get_settings
 from tasks import backup
 from tasks.results import results_engine
 

@@ -169,7 +169,7 @@ def test_drift_automation_runs_retrain_with_the_model_of_the_event() -> None:
 
 
 def test_deploy_refuses_missing_environment_and_unknown_names() -> None:
-    from data_checks.errors import InputError
+    from pynomaly.errors import InputError
 
     chosen = deploy.select_deployments(PROJECT, ["ingest-hourly"])
     assert deploy.env_placeholders(chosen) == {"PYNOMALY_INGEST_SOURCE", "PYNOMALY_DATASET"}

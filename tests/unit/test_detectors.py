@@ -8,7 +8,7 @@ import pytest
 from pyod.utils.data import generate_data
 from sklearn.metrics import roc_auc_score
 
-from data_checks.errors import InputError
+from pynomaly.errors import InputError
 from tasks.detectors import CATALOG, calibrate_threshold, make_pipeline
 
 # PyOD's own tests use floors like this on generate_data. LOF is weaker here: generate_data's

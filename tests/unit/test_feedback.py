@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from data_checks.errors import InputError
+from pynomaly.errors import InputError
 from registry.gate import (
     KEEP,
     MIN_FEEDBACK_ANOMALIES,

@@ -19,7 +19,7 @@ runner = CliRunner()
 @pytest.fixture
 def scored(platform_home: Path):
     """A results DB with batch b1 (4 rows, 2 flagged) scored by m v1."""
-    from deployments.settings import get_settings
+    from pynomaly.settings import get_settings
     from tasks.feedback import feedback_engine
     from tasks.results import replace_batch
 

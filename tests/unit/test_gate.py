@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data_checks.errors import InputError
+from pynomaly.errors import InputError
 from registry.gate import (
     KEEP,
     PROMOTE,

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from sql_sources import TABLES, WRITES, build_source, source_state
 
-from data_checks.errors import InputError
+from pynomaly.errors import InputError
 from tasks.ingest import check_source, load_snapshot, redact, snapshot_source
 from tasks.store import ArtifactStore
 

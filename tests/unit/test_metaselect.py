@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from sklearn.ensemble import RandomForestRegressor
 
-from data_checks.errors import InputError
+from pynomaly.errors import InputError
 from tasks.metafeatures import meta_features
 from tasks.metaselect import (
     FOREST_MIN_LEAF,

@@ -62,7 +62,7 @@ def _fake_backup(settings, created: datetime, complete: bool = True) -> None:
 @pytest.fixture(scope="module")
 def registry_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """alpha (v1 champion, v2 challenger) and beta (v1 champion), logged once per module."""
-    from deployments.settings import Settings
+    from pynomaly.settings import Settings
 
     home = tmp_path_factory.mktemp("template") / "home"
     home.mkdir()
@@ -77,7 +77,7 @@ def state(platform_home: Path, registry_template: Path):
     """A platform home with the registered models and results written at known times."""
     import shutil
 
-    from deployments.settings import get_settings
+    from pynomaly.settings import get_settings
 
     # The template's artifact URIs point into its own home: keep that path valid by copying
     # the MLflow DB only and pointing the artifact root at the template's artifacts.
@@ -209,7 +209,7 @@ def _cli() -> typer.Typer:
 
 
 def test_health_json(state, monkeypatch: pytest.MonkeyPatch) -> None:
-    from deployments.settings import get_settings
+    from pynomaly.settings import get_settings
 
     runner = CliRunner()
     _fake_backup(state, datetime.now(UTC) - timedelta(hours=1))
@@ -351,7 +351,7 @@ def test_monitoring_files_use_only_exposed_metrics() -> None:
 def test_health_names_a_champion_whose_artifacts_are_gone(platform_home: Path) -> None:
     import shutil
 
-    from deployments.settings import get_settings
+    from pynomaly.settings import get_settings
     from registry.versions import client
 
     settings = get_settings()

@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from deployments import services, services_cli
+from tasks.store import ArtifactStore
 
 
 def test_free_port_prefers_the_given_port_only_when_free() -> None:
@@ -235,7 +236,7 @@ def test_every_command_refuses_change_me(tmp_path: Path) -> None:
 def test_embedded_state_is_private_from_its_creation(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from deployments.settings import Settings, apply_runtime_environment
+    from pynomaly.settings import Settings, apply_runtime_environment
     from tasks import backup
     from tasks.results import results_engine
 
@@ -257,7 +258,8 @@ def test_embedded_state_is_private_from_its_creation(
         engine.dispose()
         store = backup.backup_store(settings.backup_store_root)
         backup.backup_key(settings, store, create=True)  # $PYNOMALY_HOME/backup.key
-        settings.store().put_bytes("datasets/x/y.parquet", b"rows")
+        artifacts = ArtifactStore(settings.artifact_store, settings.s3_endpoint_url)
+        artifacts.put_bytes("datasets/x/y.parquet", b"rows")
     finally:
         os.umask(old)
     home = settings.home_dir

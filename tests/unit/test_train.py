@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from pyod.utils.data import generate_data
 
-from data_checks.errors import InputError
+from pynomaly.errors import InputError
 from registry.model import DetectorModel
 from tasks.train import train_detector
 

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data_checks.errors import ValidationFailed
 from data_checks.suite import suite_key
+from pynomaly.errors import ValidationFailed
 from tasks.ingest import load_snapshot, snapshot_source
 from tasks.store import ArtifactStore
 from tasks.validate import validate_snapshot

@@ -10,8 +10,7 @@ from pathlib import Path
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from data_checks.errors import InputError
-from tasks.store import ArtifactStore
+from pynomaly.errors import InputError
 
 ENV_PREFIX = "PYNOMALY_"
 
@@ -113,10 +112,6 @@ class Settings(BaseSettings):
         if self.s3_endpoint_url:
             os.environ["MLFLOW_S3_ENDPOINT_URL"] = self.s3_endpoint_url
 
-    def store(self) -> ArtifactStore:
-        """The artifact store (snapshots, suites, quarantine, MLflow artifacts)."""
-        return ArtifactStore(self.artifact_store, self.s3_endpoint_url)
-
 
 def settings_error(exc: ValidationError) -> str:
     """A pydantic validation error as one line naming each environment variable and value."""
@@ -158,7 +153,7 @@ CHECKED_PREFIXES = ("PYNOMALY_", "MLFLOW_", "PREFECT_", "AWS_", "POSTGRES_", "MI
 
 def refuse_placeholders(values: dict[str, str], where: str = "the environment") -> None:
     """Raise InputError naming the first variable whose value still holds `change-me`."""
-    from data_checks.errors import InputError
+    from pynomaly.errors import InputError
 
     for name in sorted(values):
         if name.startswith(CHECKED_PREFIXES) and PLACEHOLDER in values[name].lower():
