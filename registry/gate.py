@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from pynomaly.errors import InputError
+from registry.model import calibrate_threshold
 
 PROMOTE, KEEP, REJECT = "promote", "keep", "reject"
 DEFAULT_EXPECTED_SHARE = 0.05
@@ -311,13 +312,6 @@ def score_frame(scorer: Scorer, frame: pd.DataFrame) -> tuple[np.ndarray, float]
     return scores, 1000.0 * elapsed * 1000.0 / max(len(frame), 1)
 
 
-def calibrate(scores: np.ndarray, expected_share: float) -> float:
-    """Threshold flagging the expected share of the evaluation rows (for models without one)."""
-    from tasks.detectors import calibrate_threshold
-
-    return calibrate_threshold(scores, expected_share)
-
-
 # --------------------------------------------------------------------------- the gate
 
 
@@ -581,7 +575,7 @@ def evaluate_version(
     scores, latency = score_frame(challenger, frame)
     threshold, source = challenger.threshold, "model"
     if threshold is None:
-        threshold = calibrate(scores, expected_share)
+        threshold = calibrate_threshold(scores, expected_share)
         source = f"calibrated on {where} at expected share {expected_share:g}"
     champion_scores = None
     if champion is not None:

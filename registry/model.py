@@ -8,6 +8,8 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
+from pynomaly.errors import InputError
+
 
 class DetectorModel(mlflow.pyfunc.PythonModel):
     """Fitted preprocessing + detector and the threshold calibrated at training time.
@@ -28,3 +30,10 @@ class DetectorModel(mlflow.pyfunc.PythonModel):
     def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
         scores = self.score(pd.DataFrame(model_input))
         return pd.DataFrame({"score": scores, "is_anomaly": scores > self.threshold})
+
+
+def calibrate_threshold(train_scores: np.ndarray, contamination: float) -> float:
+    """Raw-score threshold that flags the `contamination` share of the training rows."""
+    if not 0.0 < contamination < 0.5:
+        raise InputError(f"contamination must be between 0 and 0.5, got {contamination}")
+    return float(np.quantile(np.asarray(train_scores, dtype=float), 1.0 - contamination))

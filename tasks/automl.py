@@ -33,7 +33,8 @@ import numpy as np
 import pandas as pd
 
 from pynomaly.errors import InputError
-from tasks.detectors import calibrate_threshold, make_preprocessor, split_columns
+from registry.model import calibrate_threshold
+from tasks.detectors import make_preprocessor, split_columns
 from tasks.search_space import (
     CLASSIFIER_DEFAULTS,
     CLASSIFIER_PARAMS,

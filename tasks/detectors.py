@@ -6,7 +6,6 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
@@ -137,10 +136,3 @@ def make_pipeline(
             ),
         ]
     )
-
-
-def calibrate_threshold(train_scores: np.ndarray, contamination: float) -> float:
-    """Raw-score threshold that flags the `contamination` share of the training rows."""
-    if not 0.0 < contamination < 0.5:
-        raise InputError(f"contamination must be between 0 and 0.5, got {contamination}")
-    return float(np.quantile(np.asarray(train_scores, dtype=float), 1.0 - contamination))

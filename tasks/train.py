@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 
 from pynomaly.errors import InputError
-from tasks.detectors import DEFAULT_DETECTOR, calibrate_threshold, detector_class, make_pipeline
+from registry.model import calibrate_threshold
+from tasks.detectors import DEFAULT_DETECTOR, detector_class, make_pipeline
 
 DEFAULT_CONTAMINATION = 0.05
 HOLDOUT_SHARE = 0.3

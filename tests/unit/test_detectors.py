@@ -9,7 +9,8 @@ from pyod.utils.data import generate_data
 from sklearn.metrics import roc_auc_score
 
 from pynomaly.errors import InputError
-from tasks.detectors import CATALOG, calibrate_threshold, make_pipeline
+from registry.model import calibrate_threshold
+from tasks.detectors import CATALOG, make_pipeline
 
 # PyOD's own tests use floors like this on generate_data. LOF is weaker here: generate_data's
 # ~20 outliers spread uniformly in a box, and with its default k=20 they form neighbourhoods
