@@ -14,9 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
-
-import typer
+from typing import Any
 
 WORK_POOL = "pynomaly-process"
 WORK_POOL_TYPE = "process"
@@ -271,47 +269,3 @@ def register(
         "automation": automation,
         "seconds": round(time.perf_counter() - started, 1),
     }
-
-
-def deploy(
-    name: Annotated[
-        list[str] | None,
-        typer.Option("--name", "-n", help="Deployment name from prefect.yaml (repeatable)."),
-    ] = None,
-    prefect_file: Annotated[
-        Path | None,
-        typer.Option("--prefect-file", help="Project file [default: REPO/prefect.yaml]."),
-    ] = None,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")
-    ] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
-) -> None:
-    """Register the Prefect deployments and the drift -> retrain automation on the server."""
-    from deployments.cli import out, run, show
-
-    result = run(
-        lambda: register(name or None, prefect_file),
-        as_json=as_json,
-        debug=debug,
-        status="Deploying…",
-    )
-    if as_json:
-        return
-    for dep in result["deployments"]:
-        show(
-            dep["name"],
-            {
-                "id": dep["id"],
-                "work pool": dep["work_pool"],
-                "schedules": ", ".join(dep["schedules"]) or "on demand",
-            },
-        )
-    auto = result["automation"]
-    out.print(
-        f"automation: {auto['name']} ({auto['event']} -> retrain)"
-        if auto
-        else "automation: not created (the retrain deployment was not deployed)",
-        markup=False,
-    )
-    out.print(f"Prefect API: {result['api_url']}  ({result['seconds']} s)", markup=False)

@@ -62,7 +62,7 @@ def test_backup_create_with_a_broken_champion_succeeds_and_reports_it(
     from backup_state import log_versions
     from typer.testing import CliRunner
 
-    from deployments.backup_cli import backup_app
+    from deployments.cli.backup import backup_app
     from registry.versions import client
 
     settings = get_settings()

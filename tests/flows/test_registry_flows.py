@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from deployments.registry_cli import registry_app
+from deployments.cli.registry import registry_app
 from pynomaly.settings import get_settings
 
 FEATURES = ["a", "b", "c", "d"]

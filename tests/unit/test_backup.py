@@ -256,7 +256,7 @@ def test_tampered_manifest_is_refused(platform: Settings) -> None:
 
 
 def test_cli_refuses_corrupted_backup_with_exit_2_and_one_line(platform: Settings) -> None:
-    from deployments.backup_cli import backup_app
+    from deployments.cli.backup import backup_app
 
     state, store, key = parts(platform)
     manifest = backup.create_backup(state, store, key=key)
@@ -366,7 +366,7 @@ def one_line_refusal(result, *needles: str) -> str:
 
 
 def cli(*args: str):
-    from deployments.backup_cli import backup_app
+    from deployments.cli.backup import backup_app
 
     get_settings.cache_clear()
     return CliRunner().invoke(backup_app, list(args))

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
 from deployments.metrics import METRICS, PlatformCollector, Sources, exposed_names, metrics_registry
-from deployments.metrics_cli import health, metrics_app
+from deployments.cli.metrics import health, metrics_app
 from tasks import backup
 from tasks.results import replace_batch, results_engine
 

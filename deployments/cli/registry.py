@@ -1,16 +1,14 @@
-"""`pynomaly registry ...` and `pynomaly drift`: lineage, gate, promotion, rollback, drift checks.
-
-`deployments.cli` mounts `registry_app` and `drift`; the helpers of cli.py are imported inside
-the commands so that mounting never makes a circular import.
-"""
+"""`pynomaly registry ...` and `pynomaly drift`: lineage, gate, promotion, rollback, drift."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
 import typer
+from rich.table import Table
 
-from deployments.cli_options import DebugOpt, DelimOpt, JsonOpt, QueryOpt
+from deployments.cli.options import DebugOpt, DelimOpt, JsonOpt, QueryOpt
+from deployments.cli.output import out, run, say
 
 registry_app = typer.Typer(
     help="The model registry: lineage, promotion gate, promotion and rollback.",
@@ -27,13 +25,6 @@ def _client() -> Any:
     from registry.versions import client
 
     return client(get_settings().mlflow_tracking_uri)
-
-
-def _print(*lines: str) -> None:
-    from deployments.cli import out
-
-    for line in lines:
-        out.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def _short(value: Any, n: int = 12) -> str:
@@ -57,7 +48,6 @@ def _gate_lines(gate: dict[str, Any] | None, indent: str = "    ") -> list[str]:
 @registry_app.command("list")
 def list_cmd(as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
     """Registered models with their aliases and champion lineage."""
-    from deployments.cli import out, run
 
     def work() -> dict[str, Any]:
         from registry.lineage import list_models
@@ -67,8 +57,6 @@ def list_cmd(as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
     result = run(work, as_json=as_json, debug=debug, status="Reading the registry…")
     if as_json:
         return
-    from rich.table import Table
-
     table = Table(title="Registered models", title_justify="left")
     for col in (
         "model",
@@ -98,7 +86,6 @@ def list_cmd(as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
 @registry_app.command()
 def show(name: NameArg, as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
     """A model's versions with lineage (data hash, validation, run, tuning) and gate decisions."""
-    from deployments.cli import run
 
     def work() -> dict[str, Any]:
         from registry.lineage import show_model
@@ -139,7 +126,7 @@ def show(name: NameArg, as_json: JsonOpt = False, debug: DebugOpt = False) -> No
             if v.get(key):
                 lines.append(f"    {key.replace('_', ' ')}: {v[key]}")
         lines += _gate_lines(v.get("gate"))
-    _print(*lines)
+    say(*lines)
 
 
 @registry_app.command()
@@ -153,7 +140,6 @@ def promote(
     debug: DebugOpt = False,
 ) -> None:
     """Make a version champion by hand (under the promotion lock; a rejected one needs --force)."""
-    from deployments.cli import run
 
     def work() -> dict[str, Any]:
         from pynomaly.settings import get_settings
@@ -176,7 +162,7 @@ def promote(
     result = run(work, as_json=as_json, debug=debug, status="Promoting…")
     if not as_json:
         before = f"v{result['previous']}" if result["previous"] else "none"
-        _print(
+        say(
             f"{name}: champion v{result['version']} (was {before}; {result['lock']} lock)"
             if result["changed"]
             else f"{name}: v{version} already is the champion"
@@ -191,7 +177,6 @@ def rollback(
     debug: DebugOpt = False,
 ) -> None:
     """Restore the previous champion (or an earlier one with --to)."""
-    from deployments.cli import run
 
     def work() -> dict[str, Any]:
         from pynomaly.settings import get_settings
@@ -204,7 +189,7 @@ def rollback(
 
     result = run(work, as_json=as_json, debug=debug, status="Rolling back…")
     if not as_json:
-        _print(f"{name}: champion v{result['version']} restored (v{result['previous']} retired)")
+        say(f"{name}: champion v{result['version']} restored (v{result['previous']} retired)")
 
 
 @registry_app.command()
@@ -227,7 +212,6 @@ def evaluate(
     debug: DebugOpt = False,
 ) -> None:
     """Check a version's interface, gate it against the champion, promote it if it passes."""
-    from deployments.cli import run
 
     def work() -> dict[str, Any]:
         from flows.evaluate_model import evaluate_model
@@ -245,7 +229,7 @@ def evaluate(
 
     result = run(work, as_json=as_json, debug=debug, status="Evaluating…", sources=(data,))
     if not as_json:
-        _print(
+        say(
             f"{name} v{version}: {result['decision']}"
             + (" -> promoted to champion" if result["promoted"] else ""),
             f"  evaluated on {result['evaluated_on']}",
@@ -267,7 +251,6 @@ def drift(
     debug: DebugOpt = False,
 ) -> None:
     """Compare a batch with the champion's training data (columns and scores)."""
-    from deployments.cli import run
 
     def work() -> dict[str, Any]:
         from flows.check_drift import check_drift
@@ -282,7 +265,7 @@ def drift(
     drifted = [c for c, r in result["columns"].items() if r["drifted"]]
     score = result["score_drift"]
     retrain_info = result.get("retrain") or {}
-    _print(
+    say(
         f"{result['model']} v{result['version']}: drift "
         + ("DETECTED" if result["drift_detected"] else "not detected"),
         f"  columns drifted: {len(drifted)}/{len(result['columns'])} "
@@ -294,15 +277,3 @@ def drift(
         f"  retrain: {retrain_info.get('status', 'not requested')}"
         + (f" ({retrain_info['reason']})" if retrain_info.get("reason") else ""),
     )
-
-
-def _standalone() -> typer.Typer:
-    """An app with both, for `python -m deployments.registry_cli` before cli.py mounts them."""
-    app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
-    app.add_typer(registry_app, name="registry")
-    app.command("drift")(drift)
-    return app
-
-
-if __name__ == "__main__":  # pragma: no cover
-    _standalone()()

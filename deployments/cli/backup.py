@@ -6,8 +6,10 @@ import sys
 from typing import Annotated, Any
 
 import typer
+from rich.table import Table
 
-from deployments.cli_options import DebugOpt, JsonOpt
+from deployments.cli.options import DebugOpt, JsonOpt
+from deployments.cli.output import err, out, run, show
 
 backup_app = typer.Typer(
     help="Back up, verify, restore and prune the platform state (DBs, suites, artifacts).",
@@ -55,7 +57,6 @@ def create(
     debug: DebugOpt = False,
 ) -> None:
     """Take a backup now (the backup-platform flow)."""
-    from deployments.cli import run, show
 
     def work() -> dict[str, Any]:
         from flows.backup_platform import backup_platform
@@ -79,9 +80,6 @@ def create(
 @backup_app.command("list")
 def list_(as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
     """List the complete backups, newest first, with their status (ok, unsigned, malformed…)."""
-    from rich.table import Table
-
-    from deployments.cli import out, run
 
     def work() -> dict[str, Any]:
         from tasks import backup
@@ -132,7 +130,6 @@ def verify(
     debug: DebugOpt = False,
 ) -> None:
     """Check a backup's signature and every file's sha256 (with --drill, a scratch restore)."""
-    from deployments.cli import run, show
 
     def work() -> dict[str, Any]:
         from pynomaly.settings import get_settings
@@ -179,7 +176,6 @@ def restore(
     debug: DebugOpt = False,
 ) -> None:
     """Verify a backup, back up the current state, restore over it and check the result."""
-    from deployments.cli import err, run, show
 
     if not yes:
         if not sys.stdin.isatty():
@@ -219,7 +215,6 @@ def prune(
     debug: DebugOpt = False,
 ) -> None:
     """Delete backups the retention settings do not keep."""
-    from deployments.cli import run, show
 
     def work() -> dict[str, Any]:
         from pynomaly.settings import get_settings

@@ -1,27 +1,14 @@
-"""`pynomaly`: the command line over the flows. Heavy imports happen inside commands only."""
+"""The top-level commands: `pynomaly ingest|train|score|pipeline|demo|feedback`."""
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
-import logging
 import os
-import signal
-import sys
-import threading
 import time
-import traceback
-import warnings
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from deployments.cli_options import (
+from deployments.cli.options import (
     BatchOpt,
     BudgetOpt,
     ContaminationOpt,
@@ -30,160 +17,11 @@ from deployments.cli_options import (
     DetectorOpt,
     JsonOpt,
     LabelOpt,
-    OneLineUsageErrors,
     QueryOpt,
     TrialsOpt,
     WorkersOpt,
 )
-
-app = typer.Typer(
-    cls=OneLineUsageErrors,
-    help="Pynomaly: anomaly detection you can trust, trace and restore.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-out = Console()
-err = Console(stderr=True)
-
-
-def _quiet_libraries() -> None:
-    """Keep stderr for our own one-line messages: library chatter goes to the Prefect API/logs."""
-    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
-    os.environ.setdefault("PREFECT_LOGGING_INTERNAL_LEVEL", "CRITICAL")
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
-    warnings.filterwarnings("ignore")
-    for name in ("mlflow", "alembic", "great_expectations", "urllib3", "botocore", "httpx"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-
-
-def run(
-    work: Callable[[], dict[str, Any]],
-    *,
-    as_json: bool,
-    debug: bool,
-    status: str,
-    sources: tuple[str | None, ...] = (),
-    checks: Callable[[], object] | None = None,
-) -> dict:
-    """Run a command body: environment first, errors as one line (exit 2 bad input, 1 other).
-
-    `checks` validates the arguments before Prefect starts; with --json, whatever libraries
-    print on stdout (MLflow's "View run" lines) is kept off it: stdout is the one JSON object.
-    """
-    from pynomaly.errors import InputError
-    from pynomaly.settings import apply_runtime_environment, get_settings
-
-    if not debug:
-        _quiet_libraries()
-    try:
-        with _signals_as_interrupts():
-            for source in sources:
-                _check_local_file(source)
-            if checks is not None:
-                checks()
-            settings = get_settings()
-            apply_runtime_environment(settings)
-            _remove_leftovers(settings)
-            if not debug:
-                _quiet_libraries()  # again: importing MLflow resets its logger levels
-            stray = sys.stderr if debug else io.StringIO()
-            with (
-                err.status(status) if err.is_terminal else _nothing(),
-                contextlib.redirect_stdout(stray) if as_json else _nothing(),
-            ):
-                result = work()
-    except KeyboardInterrupt as exc:
-        # Ctrl-C, SIGTERM or SIGHUP: Prefect's ephemeral server is stopped at exit (atexit).
-        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
-        if debug:
-            traceback.print_exc()
-        err.print(
-            f"pynomaly: interrupted ({signal.Signals(signum).name})", markup=False, highlight=False
-        )
-        raise typer.Exit(128 + signum) from None
-    except InputError as exc:
-        if debug:
-            traceback.print_exc()
-        # One line whatever the message holds (a value quoted from a file may span lines).
-        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-        err.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
-    except typer.Exit:
-        raise
-    except Exception as exc:
-        if debug:
-            traceback.print_exc()
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        err.print(
-            f"error: {type(exc).__name__}: {message} (run with --debug for the traceback)",
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
-        )
-        raise typer.Exit(1) from None
-    if as_json:
-        sys.stdout.write(json.dumps(result, default=str) + "\n")
-    return result
-
-
-class Interrupted(KeyboardInterrupt):
-    """A termination signal raised like Ctrl-C, so cleanup runs as it does for Ctrl-C."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def _raise_interrupted(signum: int, frame: object) -> None:
-    raise Interrupted(signum)
-
-
-@contextlib.contextmanager
-def _signals_as_interrupts() -> Iterator[None]:
-    """While a command body runs, SIGTERM and SIGHUP raise `Interrupted` (the default would end
-    the process at once, leaving Prefect's ephemeral API server running)."""
-    previous: dict[int, Any] = {}
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGTERM, signal.SIGHUP):
-            previous[signum] = signal.signal(signum, _raise_interrupted)
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
-def _remove_leftovers(settings: Any) -> None:
-    """What killed commands of this home left: their Prefect API servers, staging folders."""
-    from deployments.leftovers import mark_command, stop_orphan_servers
-    from tasks.staging import remove_dead_staging
-
-    mark_command()  # before Prefect starts its server: the server inherits the name
-    stop_orphan_servers(Path(os.environ["PREFECT_HOME"]))
-    remove_dead_staging(settings.staging_dir)
-
-
-def _check_local_file(source: str | None) -> None:
-    """Fail at once on a missing local file, an s3:// URI without a key, a SQL URL with a
-    password or an unset env: reference, before the seconds Prefect takes to start."""
-    from pynomaly.errors import InputError
-    from tasks.ingest import check_source, is_reference
-
-    if source:
-        # Before Prefect records the source as a flow parameter: no password may be in it.
-        check_source(source)
-    if source and is_reference(source):
-        return
-    if source and "://" not in source and not os.path.exists(source):
-        raise InputError(f"{source}: file not found")
-    if source and source.startswith("s3://"):
-        from tasks.ingest import check_s3_source
-
-        check_s3_source(source)
+from deployments.cli.output import out, run, show
 
 
 def check_train_options(detector: str, contamination: float | None, delimiter: str = ",") -> None:
@@ -194,24 +32,6 @@ def check_train_options(detector: str, contamination: float | None, delimiter: s
     check_detector(detector)
     check_contamination(contamination)
     check_delimiter(delimiter)
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-def show(title: str, rows: dict[str, Any]) -> None:
-    """A two-column table on stdout."""
-    table = Table(title=title, show_header=False, title_justify="left")
-    for key, value in rows.items():
-        if isinstance(value, float):
-            value = f"{value:.4g}"
-        table.add_row(key, str(value))
-    out.print(table)
 
 
 def model_rows(result: dict[str, Any]) -> dict[str, Any]:
@@ -236,7 +56,6 @@ def model_rows(result: dict[str, Any]) -> dict[str, Any]:
     return keep
 
 
-@app.command()
 def ingest(
     source: Annotated[str, typer.Argument(help="CSV/Parquet path, s3://bucket/key or SQL URL.")],
     dataset: Annotated[str, typer.Option("--dataset", help="Dataset name.")],
@@ -282,7 +101,6 @@ def ingest(
         )
 
 
-@app.command()
 def train(
     source: Annotated[str, typer.Argument(help="Training data: path, s3:// URI or SQL URL.")],
     model: Annotated[str, typer.Option("--model", help="Registered model name.")],
@@ -329,7 +147,6 @@ def train(
         show(f"Trained {model}", model_rows(result))
 
 
-@app.command()
 def score(
     source: Annotated[str, typer.Argument(help="The batch: path, s3:// URI or SQL URL.")],
     model: Annotated[str, typer.Option("--model", help="NAME or NAME@ALIAS (champion).")],
@@ -373,7 +190,6 @@ def score(
         )
 
 
-@app.command()
 def pipeline(
     source: Annotated[str, typer.Argument(help="Training data.")],
     model: Annotated[str, typer.Option("--model")],
@@ -424,7 +240,6 @@ def pipeline(
         show(f"Pipeline for {model}", rows)
 
 
-@app.command()
 def demo(
     model: Annotated[str, typer.Option("--model")] = "breast-cancer",
     detector: DetectorOpt = "iforest",
@@ -505,35 +320,39 @@ def demo(
         out.print(f"  {command}", markup=False, highlight=False, soft_wrap=True)
 
 
-def _mount_subcommands() -> None:
-    """Command groups that live in their own modules (each imports only typer at the top)."""
-    from deployments.backup_cli import backup_app
-    from deployments.deploy import deploy
-    from deployments.feedback_cli import feedback
-    from deployments.metrics_cli import health, metrics_app
-    from deployments.registry_cli import drift, registry_app
-    from deployments.services_cli import services_app
+def feedback(
+    source: Annotated[
+        str,
+        typer.Argument(help="CSV or Parquet with batch_id, row_index, label (1/0), optional note."),
+    ],
+    by: Annotated[
+        str | None, typer.Option("--by", help="Who labelled the rows (default: your user name).")
+    ] = None,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Record analyst feedback (1 = anomaly, 0 = normal) for scored rows; relabelling replaces."""
 
-    app.add_typer(services_app, name="services", help="Local production services.")
-    app.add_typer(backup_app, name="backup", help="Back up, verify, restore and prune.")
-    app.add_typer(
-        registry_app, name="registry", help="Models: list, show, gate, promote, roll back."
+    def work() -> dict[str, Any]:
+        from pynomaly.settings import get_settings
+        from tasks.feedback import record_feedback_file
+
+        return record_feedback_file(get_settings().results_url, source, by)
+
+    result = run(
+        work, as_json=as_json, debug=debug, status="Recording feedback…", sources=(source,)
     )
-    app.command("drift")(drift)
-    app.add_typer(metrics_app, name="metrics", help="Prometheus metrics: serve or show.")
-    app.command("health")(health)
-    app.command("feedback")(feedback)
-    app.command(help="Register the Prefect deployments and the drift -> retrain automation.")(
-        deploy
-    )
-
-
-_mount_subcommands()
-
-
-def main() -> None:  # pragma: no cover - console entry
-    app()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()
+    if not as_json:
+        show(
+            f"Feedback from {result['labelled_by']}",
+            {
+                "rows": result["rows"],
+                "labelled anomalies": result["anomalies"],
+                "batches": ", ".join(result["batches"]),
+                "model versions": ", ".join(
+                    f"{m['model']} v{m['version']} ({m['rows']} rows)" for m in result["models"]
+                ),
+                "feedback rows written": result["written"],
+                "earlier labels replaced": result["replaced"],
+            },
+        )

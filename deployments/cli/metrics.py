@@ -7,8 +7,10 @@ import threading
 from typing import Annotated, Any
 
 import typer
+from rich.table import Table
 
-from deployments.cli_options import DebugOpt, JsonOpt
+from deployments.cli.options import DebugOpt, JsonOpt
+from deployments.cli.output import out, run, show
 
 metrics_app = typer.Typer(
     help="Platform metrics for Prometheus: serve them, or show them once.",
@@ -50,7 +52,6 @@ def serve(
     debug: DebugOpt = False,
 ) -> None:
     """Serve /metrics for Prometheus; every scrape reads the platform's state afresh."""
-    from deployments.cli import out, run
 
     def work() -> dict[str, Any]:
         from prometheus_client import start_http_server
@@ -71,9 +72,6 @@ def serve(
 @metrics_app.command("show")
 def show_(as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
     """Read every metric once and print it."""
-    from rich.table import Table
-
-    from deployments.cli import out, run
 
     def work() -> dict[str, Any]:
         from deployments.metrics import metrics_registry, samples
@@ -105,7 +103,6 @@ def health(
 
     Exit code 0 when everything is healthy, 1 when anything is not.
     """
-    from deployments.cli import out, run, show
 
     def work() -> dict[str, Any]:
         from deployments.metrics import Sources, health_report
