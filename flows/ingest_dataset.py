@@ -47,13 +47,3 @@ def ingest_dataset(
         "snapshot": manifest.snapshot_uri,
         "validation": report.to_dict(),
     }
-
-
-if __name__ == "__main__":
-    import tempfile
-    from pathlib import Path
-
-    from deployments.demo import LABEL, build_demo_files
-
-    files = build_demo_files(Path(tempfile.mkdtemp()))
-    print(ingest_dataset(str(files["train"]), "example", label_column=LABEL))

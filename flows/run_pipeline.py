@@ -49,13 +49,3 @@ def pipeline(
         score_source or source, model, version=trained["version"], batch_id=batch_id
     )
     return {**trained, **{k: scored[k] for k in ("batch_id", "rows_scored", "anomalies")}}
-
-
-if __name__ == "__main__":
-    import tempfile
-    from pathlib import Path
-
-    from deployments.demo import LABEL, build_demo_files
-
-    files = build_demo_files(Path(tempfile.mkdtemp()))
-    print(pipeline(str(files["train"]), "example", str(files["batch"]), label_column=LABEL))

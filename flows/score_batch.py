@@ -86,16 +86,3 @@ def score_batch(
         "source": manifest.source,
         "validation": report.summary(),
     }
-
-
-if __name__ == "__main__":
-    import tempfile
-    from pathlib import Path
-
-    from deployments.demo import LABEL, build_demo_files
-
-    files = build_demo_files(Path(tempfile.mkdtemp()))
-    from flows.train_detector import train_detector
-
-    train_detector(str(files["train"]), "example", label_column=LABEL)
-    print(score_batch(str(files["batch"]), "example"))

@@ -165,13 +165,3 @@ def train_detector(
         ),
     )
     return summary
-
-
-if __name__ == "__main__":
-    import tempfile
-    from pathlib import Path
-
-    from deployments.demo import LABEL, build_demo_files
-
-    files = build_demo_files(Path(tempfile.mkdtemp()))
-    print(train_detector(str(files["train"]), "example", label_column=LABEL))

@@ -29,15 +29,3 @@ def validate_dataset(dataset: str, sha256: str, suite: str | None = None) -> dic
         markdown=f"## Validation of `{dataset}` `{sha256[:12]}`\n\n{report.summary()}",
     )
     return report.to_dict()
-
-
-if __name__ == "__main__":
-    import tempfile
-    from pathlib import Path
-
-    from deployments.demo import build_demo_files
-    from flows.ingest_dataset import ingest_dataset
-
-    files = build_demo_files(Path(tempfile.mkdtemp()))
-    ingested = ingest_dataset(str(files["train"]), "example")
-    print(validate_dataset("example", ingested["sha256"]))
