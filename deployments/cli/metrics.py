@@ -38,7 +38,7 @@ def _fail_fast_mlflow() -> None:
 
 
 def _collector() -> Any:
-    from deployments.metrics import PlatformCollector, Sources
+    from deployments.monitoring.exporter import PlatformCollector, Sources
     from pynomaly.settings import get_settings
 
     _fail_fast_mlflow()
@@ -56,7 +56,7 @@ def serve(
     def work() -> dict[str, Any]:
         from prometheus_client import start_http_server
 
-        from deployments.metrics import metrics_registry
+        from deployments.monitoring.exporter import metrics_registry
 
         start_http_server(port, addr=host, registry=metrics_registry(_collector()))
         return {"url": f"http://{host}:{port}/metrics"}
@@ -74,7 +74,7 @@ def show_(as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
     """Read every metric once and print it."""
 
     def work() -> dict[str, Any]:
-        from deployments.metrics import metrics_registry, samples
+        from deployments.monitoring.exporter import metrics_registry, samples
 
         collector = _collector()
         try:
@@ -105,7 +105,8 @@ def health(
     """
 
     def work() -> dict[str, Any]:
-        from deployments.metrics import Sources, health_report
+        from deployments.monitoring.exporter import Sources
+        from deployments.monitoring.health import health_report
         from pynomaly.settings import get_settings
 
         _fail_fast_mlflow()

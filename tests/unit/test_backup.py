@@ -520,7 +520,8 @@ def test_manifest_without_schema_or_with_unknown_format_is_one_line_exit_2(
 
 
 def test_one_malformed_backup_does_not_stop_list_or_health(platform: Settings) -> None:
-    from deployments.metrics import Sources, health_report
+    from deployments.monitoring.exporter import Sources
+    from deployments.monitoring.health import health_report
 
     state, store, key = parts(platform)
     good = backup.create_backup(state, store, key=key, record_champions=False)["id"]

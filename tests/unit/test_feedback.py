@@ -338,7 +338,7 @@ def test_exporter_gauges_flagged_precision_per_model_version(engine, tmp_path: P
     from prometheus_client import generate_latest
     from prometheus_client.parser import text_string_to_metric_families
 
-    from deployments.metrics import PlatformCollector, Sources, metrics_registry
+    from deployments.monitoring.exporter import PlatformCollector, Sources, metrics_registry
 
     score(engine, "b1", "m", 1, [True, True, True, False])
     rows = [fb("b1", 0, 1), fb("b1", 1, 0), fb("b1", 2, 1), fb("b1", 3, 1)]

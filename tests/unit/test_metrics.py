@@ -16,8 +16,14 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
-from deployments.metrics import METRICS, PlatformCollector, Sources, exposed_names, metrics_registry
 from deployments.cli.metrics import health, metrics_app
+from deployments.monitoring.exporter import (
+    METRICS,
+    PlatformCollector,
+    Sources,
+    exposed_names,
+    metrics_registry,
+)
 from tasks import backup
 from tasks.results import replace_batch, results_engine
 

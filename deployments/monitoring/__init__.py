@@ -1,0 +1,1 @@
+"""Monitoring: the Prometheus exporter, the health check, alert rules and dashboards."""
