@@ -34,7 +34,7 @@ import pandas as pd
 
 from pynomaly.errors import InputError
 from registry.model import calibrate_threshold
-from tasks.detectors import make_preprocessor, split_columns
+from tasks.detectors import DEFAULT_CONTAMINATION, make_preprocessor, split_columns
 from tasks.search_space import (
     CLASSIFIER_DEFAULTS,
     CLASSIFIER_PARAMS,
@@ -47,7 +47,6 @@ from tasks.search_space import (
 from tasks.supervised import ClassifierScorer, XGBODScorer, _finite, fit_member
 
 METRICS = ("average_precision", "roc_auc")
-DEFAULT_CONTAMINATION = 0.05
 MAX_SEARCH_ROWS = 3000  # bounds one trial: the search sees a subsample, the winner all rows
 REFIT_SHARE = 0.2  # share of the time budget kept for refitting the winner on all rows
 CV_FOLDS = 3

@@ -52,6 +52,7 @@ SCALERS = {
 }
 
 DEFAULT_DETECTOR = "iforest"
+DEFAULT_CONTAMINATION = 0.05  # the expected anomaly share when neither option nor labels say
 
 
 def detector_class(name: str) -> type:

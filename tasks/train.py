@@ -11,9 +11,13 @@ import pandas as pd
 
 from pynomaly.errors import InputError
 from registry.model import calibrate_threshold
-from tasks.detectors import DEFAULT_DETECTOR, detector_class, make_pipeline
+from tasks.detectors import (
+    DEFAULT_CONTAMINATION,
+    DEFAULT_DETECTOR,
+    detector_class,
+    make_pipeline,
+)
 
-DEFAULT_CONTAMINATION = 0.05
 HOLDOUT_SHARE = 0.3
 # Fewer rows than this cannot calibrate a threshold or hold out labelled rows meaningfully.
 MIN_TRAIN_ROWS = 10
