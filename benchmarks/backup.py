@@ -39,6 +39,7 @@ def build(home: Path, versions: int, rows: int) -> dict[str, float]:
         "pynomaly", settings.mlflow_tracking_uri, settings.artifact_store
     )
     mlflow_client = client(settings.mlflow_tracking_uri)
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)  # for the fluent logging below
     with mlflow.start_run(experiment_id=experiment) as run:
         info = mlflow.pyfunc.log_model(
             name="model",
@@ -90,6 +91,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     logging.getLogger("mlflow").setLevel(logging.ERROR)
 
+    from flows.backup_platform import platform_state
     from pynomaly.settings import Settings
     from tasks import backup
 
@@ -99,9 +101,9 @@ def main() -> None:
         home.mkdir()
         figures: dict[str, float | int | str] = dict(build(home, args.versions, args.rows))
         settings = Settings(home=home)
-        state = backup.platform_state(settings)
+        state = platform_state(settings)
         store = backup.backup_store(settings.backup_store_root)
-        key = backup.backup_key(settings, store, create=True)
+        key = backup.backup_key(settings.backup_secret, home, store, create=True)
         live = sum(p.stat().st_size for p in home.rglob("*") if p.is_file())
 
         started = time.perf_counter()

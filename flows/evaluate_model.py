@@ -147,14 +147,16 @@ def gate_version(
     target, champion = batch["target"], batch["champion"]
     share = expected_share or expected_share_of(mlflow_client, [target, champion], batch["labels"])
     try:
-        challenger = load_scorer(target.uri, target.tags)
+        challenger = load_scorer(target.uri, tracking_uri, target.tags)
         evaluation = evaluate_version(
             challenger,
             batch["features"],
             batch["labels"],
             where=batch["where"],
             expected_share=share,
-            champion=None if champion is None else load_scorer(champion.uri, champion.tags),
+            champion=None
+            if champion is None
+            else load_scorer(champion.uri, tracking_uri, champion.tags),
             champion_version=None if champion is None else champion.version,
             config=GateConfig(margin=margin),
             feedback=feedback,

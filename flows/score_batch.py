@@ -53,7 +53,7 @@ def score_batch(
     manifest = load_source(source, f"{name}-batches", store, query, delimiter, settings.chunk_rows)
 
     # Validate: the model's signature first, then the suite of the data it was trained on
-    scorer = load_model_scorer(resolved)
+    scorer = load_model_scorer(settings.mlflow_tracking_uri, resolved)
     columns = check_batch_schema(manifest, resolved, scorer)
     label = resolved.tags.get("label_column") or None
     report = validate_batch(

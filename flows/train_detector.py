@@ -34,6 +34,8 @@ def train_detector(
     random_state: int = 0,
 ) -> dict[str, Any]:
     """Train a detector on a source and register it: champion if first, challenger otherwise."""
+    import mlflow
+
     from registry.promotion import discard_unfinished, repair_model
     from registry.repair import mark_complete
     from registry.tracking import (
@@ -80,6 +82,9 @@ def train_detector(
         OWNER_TAG: owner(),
     }
     uri = settings.mlflow_tracking_uri
+    # MLflow's model logging (start_run, pyfunc.log_model) only takes the process-wide URI:
+    # set here, at the flow's edge, and nowhere in the library.
+    mlflow.set_tracking_uri(uri)
     experiment_id = ensure_experiment(settings.experiment, uri, settings.artifact_store)
     # Repair what a killed train left: runs still RUNNING, versions that never finished
     repair_model(client(uri), uri, model, settings.home_dir, experiment_id)

@@ -95,6 +95,12 @@ class Settings(BaseSettings):
         return self.results_db_url or f"sqlite:///{self.home_dir / 'results.db'}"
 
     @property
+    def prefect_server(self) -> bool:
+        """Whether flows talk to a Prefect server (events reach automations), not the embedded
+        one: Prefect's own PREFECT_API_URL is set."""
+        return bool(os.environ.get("PREFECT_API_URL"))
+
+    @property
     def prefect_home(self) -> Path:
         return self.home_dir / "prefect"
 

@@ -192,14 +192,23 @@ def _pyfunc_scores(output: Any) -> np.ndarray:
         raise InputError("the model's predict returns values that are not numbers") from exc
 
 
-def load_scorer(model_uri: str, tags: dict[str, str] | None = None) -> Scorer:
+def load_scorer(model_uri: str, tracking_uri: str, tags: dict[str, str] | None = None) -> Scorer:
     """Load a registered model (sklearn, PyOD or pyfunc flavour) as a Scorer."""
+    import tempfile
+
     import mlflow
     from mlflow.models import get_model_info
 
     tags = tags or {}
     try:
-        info = get_model_info(model_uri)
+        # Fetched with explicit URIs (no process-wide MLflow URI), then loaded from the copy.
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=model_uri,
+            dst_path=tempfile.mkdtemp(prefix="pynomaly-model-"),
+            tracking_uri=tracking_uri,
+            registry_uri=tracking_uri,
+        )
+        info = get_model_info(local)
     except Exception as exc:
         raise InputError(f"{model_uri}: cannot read the logged model ({exc})") from exc
     signature = info.signature
@@ -216,7 +225,7 @@ def load_scorer(model_uri: str, tags: dict[str, str] | None = None) -> Scorer:
     threshold: float | None = float(tagged) if tagged not in (None, "") else None
 
     if "sklearn" in info.flavors:
-        estimator = mlflow.sklearn.load_model(model_uri)
+        estimator = mlflow.sklearn.load_model(local)
         score_fn, own_threshold, convention = sklearn_scorer(estimator)
         if not columns:
             names = getattr(estimator, "feature_names_in_", None)
@@ -237,7 +246,7 @@ def load_scorer(model_uri: str, tags: dict[str, str] | None = None) -> Scorer:
             convention=convention,
         )
 
-    model = mlflow.pyfunc.load_model(model_uri)
+    model = mlflow.pyfunc.load_model(local)
     if not columns:
         raise InputError(
             f"{model_uri}: the model has no input signature; log it with a signature "

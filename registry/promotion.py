@@ -170,7 +170,7 @@ def _current_stack(mlflow_client: Any, name: str, champion: int | None) -> list[
     return history
 
 
-def check_loadable(mlflow_client: Any, name: str, version: int) -> Any:
+def check_loadable(mlflow_client: Any, tracking_uri: str, name: str, version: int) -> Any:
     """The model version, after checking it exists, is READY and its model loads."""
     from mlflow.exceptions import MlflowException
 
@@ -184,7 +184,7 @@ def check_loadable(mlflow_client: Any, name: str, version: int) -> Any:
         raise InputError(f"{name} v{version} is {mv.status}, not READY")
     if (mv.tags or {}).get("pynomaly.failed") == "true":
         raise InputError(f"{name} v{version} is marked failed")
-    load_scorer(f"models:/{name}/{version}", dict(mv.tags or {}))
+    load_scorer(f"models:/{name}/{version}", tracking_uri, dict(mv.tags or {}))
     return mv
 
 
@@ -209,7 +209,7 @@ def promote(
                 f"champion of {name!r} changed from v{expected_champion} to v{champion} since the "
                 f"decision; evaluate v{version} again"
             )
-        mv = check_loadable(mlflow_client, name, version)
+        mv = check_loadable(mlflow_client, tracking_uri, name, version)
         decision = (mv.tags or {}).get("gate.decision")
         if decision == "reject" and not force:
             raise InputError(
@@ -261,7 +261,7 @@ def rollback(
                 f"v{target} was not an earlier champion of {name!r} (earlier: "
                 f"{', '.join(f'v{v}' for v in earlier)}); use `registry promote` instead"
             )
-        check_loadable(mlflow_client, name, target)
+        check_loadable(mlflow_client, tracking_uri, name, target)
         at = now_iso()
         cut = max(i for i, e in enumerate(stack[:-1]) if e["version"] == target)
         history = stack[: cut + 1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -82,18 +83,20 @@ def ensure_experiment(name: str, tracking_uri: str, artifact_root: str) -> str:
     With a tracking server (http URI) the server decides where artifacts go (it may proxy
     them with --serve-artifacts), so no location is forced then.
     """
-    import mlflow
+    from mlflow import MlflowClient
 
-    mlflow.set_tracking_uri(tracking_uri)
-    found = mlflow.get_experiment_by_name(name)
+    from registry.versions import is_tracking_server
+
+    mlflow_client = MlflowClient(tracking_uri)
+    found = mlflow_client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
     location = None
-    if not tracking_uri.startswith(("http://", "https://", "databricks")):
+    if not is_tracking_server(tracking_uri):
         location = f"{artifact_root.rstrip('/')}/mlflow"
         if not location.startswith("s3://"):
             location = Path(location).resolve().as_uri()
-    return mlflow.create_experiment(name, artifact_location=location)
+    return mlflow_client.create_experiment(name, artifact_location=location)
 
 
 @dataclass(frozen=True)
@@ -118,12 +121,15 @@ def log_training(
     tags: dict[str, str],
     parent_run_id: str | None = None,
 ) -> LoggedModel:
-    """One MLflow run holding everything needed to trust and trace the model."""
+    """One MLflow run holding everything needed to trust and trace the model.
+
+    MLflow's model logging goes through its fluent API: the caller (the train flow) has set
+    the process-wide tracking URI to `tracking_uri`.
+    """
     import matplotlib.pyplot as plt
     import mlflow
     from mlflow.models import infer_signature
 
-    mlflow.set_tracking_uri(tracking_uri)
     example = features.head(INPUT_EXAMPLE_ROWS)
     signature = infer_signature(example, model.predict(None, example))
     # MLflow refuses to resume a run of another experiment than the process's active one.
@@ -189,10 +195,12 @@ def end_dead_runs(tracking_uri: str, experiment_id: str) -> list[str]:
 def trial_logger(tracking_uri: str, experiment_id: str, parent_run_id: str) -> Any:
     """A callback logging each tuning trial (a dict) as an MLflow child run."""
     from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
 
     mlflow_client = MlflowClient(tracking_uri)
 
     def log_trial(trial: dict[str, Any]) -> None:
+        now = int(time.time() * 1000)
         run = mlflow_client.create_run(
             experiment_id,
             run_name=f"trial-{trial.get('number', '?')}",
@@ -202,11 +210,13 @@ def trial_logger(tracking_uri: str, experiment_id: str, parent_run_id: str) -> A
                 OWNER_TAG: owner(),
             },
         )
-        for key, value in trial.items():
-            if isinstance(value, int | float) and key != "number":
-                mlflow_client.log_metric(run.info.run_id, key, float(value))
-            else:
-                mlflow_client.log_param(run.info.run_id, key, str(value)[:500])
+        numbers = {k: v for k, v in trial.items() if isinstance(v, int | float) and k != "number"}
+        # one request for all of the trial's metrics and parameters
+        mlflow_client.log_batch(
+            run.info.run_id,
+            metrics=[Metric(k, float(v), now, 0) for k, v in numbers.items()],
+            params=[Param(k, str(v)[:500]) for k, v in trial.items() if k not in numbers],
+        )
         mlflow_client.set_terminated(run.info.run_id)
 
     return log_trial

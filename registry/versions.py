@@ -15,12 +15,15 @@ FAILED_TAG = "pynomaly.failed"
 
 
 def client(tracking_uri: str) -> Any:
-    """An MLflow client on the given tracking URI (the process-wide URI is set too)."""
-    import mlflow
+    """An MLflow client on the given tracking URI (no process-wide URI is set)."""
     from mlflow import MlflowClient
 
-    mlflow.set_tracking_uri(tracking_uri)
-    return MlflowClient(tracking_uri=tracking_uri)
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def is_tracking_server(tracking_uri: str) -> bool:
+    """Whether MLflow is a tracking server (it places artifacts; its database is not ours)."""
+    return tracking_uri.startswith(("http://", "https://", "databricks"))
 
 
 def _not_found(exc: Exception) -> bool:

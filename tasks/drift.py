@@ -161,3 +161,79 @@ def detect_drift(
         ),
         html,
     )
+
+
+def compare_with_training_data(
+    store: Any, resolved: Any, batch: Any, drift_threshold: float, tracking_uri: str
+) -> tuple[dict[str, Any], str]:
+    """Evidently column drift and the champion's score drift, training snapshot vs batch."""
+    from registry.gate import check_interface, load_scorer, score_frame
+    from tasks.ingest import load_manifest, load_snapshot
+
+    dataset, sha = resolved.tags.get("dataset"), resolved.tags.get("dataset_sha256")
+    if not sha and resolved.tags.get("reference_snapshot"):
+        # A hand-made model: the data the gate judged it on stands in for its training data.
+        dataset, _, sha = resolved.tags["reference_snapshot"].partition("/")
+    if not dataset or not sha:
+        raise InputError(
+            f"{resolved.name} v{resolved.version} has no training snapshot tags "
+            "(dataset, dataset_sha256) and was never evaluated on a snapshot: "
+            f"run `pynomaly registry evaluate {resolved.name} --version {resolved.version}`"
+        )
+    reference = load_snapshot(store, load_manifest(store, dataset, sha))
+    current = load_snapshot(store, batch)
+    scorer = load_scorer(resolved.uri, tracking_uri, resolved.tags)
+    check_interface(scorer, current, f"batch {batch.source}")
+    result, html = detect_drift(
+        reference,
+        current,
+        scorer.columns,
+        drift_threshold=drift_threshold,
+        reference_scores=score_frame(scorer, reference)[0],
+        current_scores=score_frame(scorer, current)[0],
+        score_threshold=scorer.threshold,
+    )
+    return result.as_dict(), html
+
+
+def log_drift_run(
+    tracking_uri: str,
+    experiment_id: str,
+    resolved: Any,
+    batch: Any,
+    result: dict[str, Any],
+    html: str,
+) -> dict[str, str]:
+    """An MLflow run holding the HTML report and the drift numbers."""
+    import time
+
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    mlflow_client = MlflowClient(tracking_uri)
+    tags = {
+        "pynomaly.kind": "drift",
+        "model": resolved.name,
+        "model_version": str(resolved.version),
+        "reference_sha256": resolved.tags.get("dataset_sha256")
+        or resolved.tags.get("reference_snapshot", ""),
+        "batch_sha256": batch.sha256,
+        "drift_detected": str(result["drift_detected"]).lower(),
+    }
+    run = mlflow_client.create_run(experiment_id, run_name=f"drift-{resolved.name}", tags=tags)
+    run_id = run.info.run_id
+    metrics = {"drift_share": result["drift_share"], "drifted_columns": result["drifted_columns"]}
+    metrics.update(
+        {f"score_{k}": v for k, v in result["score_drift"].items() if isinstance(v, float)}
+    )
+    now = int(time.time() * 1000)
+    mlflow_client.log_batch(
+        run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()]
+    )
+    mlflow_client.log_text(run_id, html, "drift/report.html")
+    mlflow_client.log_dict(run_id, result, "drift/drift.json")
+    mlflow_client.set_terminated(run_id)
+    return {
+        "run_id": run_id,
+        "report_uri": f"{run.info.artifact_uri.rstrip('/')}/drift/report.html",
+    }

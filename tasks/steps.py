@@ -141,11 +141,31 @@ def resolve_model(
 
 
 @task(name="load_scorer", cache_policy=NO_CACHE, **IO)
-def load_model_scorer(resolved: Any) -> Any:
+def load_model_scorer(tracking_uri: str, resolved: Any) -> Any:
     """A registered version (platform-trained or logged by hand) as raw scores + threshold."""
     from registry.gate import load_scorer
 
-    return load_scorer(resolved.uri, resolved.tags)
+    return load_scorer(resolved.uri, tracking_uri, resolved.tags)
+
+
+@task(name="compare_with_training_data", cache_policy=NO_CACHE)
+def compare_with_training_data(
+    store: ArtifactStore, resolved: Any, batch: Manifest, drift_threshold: float, tracking_uri: str
+) -> tuple[dict[str, Any], str]:
+    """Evidently column drift and the champion's score drift, training snapshot vs batch."""
+    from tasks import drift
+
+    return drift.compare_with_training_data(store, resolved, batch, drift_threshold, tracking_uri)
+
+
+@task(name="log_drift_run", cache_policy=NO_CACHE, **IO)
+def log_drift_run(
+    tracking_uri: str, experiment_id: str, resolved: Any, batch: Manifest, result: dict, html: str
+) -> dict[str, str]:
+    """An MLflow run holding the HTML report and the drift numbers."""
+    from tasks import drift
+
+    return drift.log_drift_run(tracking_uri, experiment_id, resolved, batch, result, html)
 
 
 @task(name="check_batch_schema", cache_policy=NO_CACHE)

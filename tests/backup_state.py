@@ -41,6 +41,7 @@ def log_versions(settings: Settings, name: str, versions: int) -> None:
 
     tracking = settings.mlflow_tracking_uri
     experiment = ensure_experiment("pynomaly", tracking, settings.artifact_store)
+    mlflow.set_tracking_uri(tracking)  # for the fluent logging below
     mlflow_client = client(tracking)
     x = pd.DataFrame(np.random.default_rng(7).normal(size=(64, 3)), columns=FEATURES)
     for seed in range(versions):

@@ -29,6 +29,7 @@ def register_versions(tracking_uri: str, artifacts: Path, count: int) -> None:
 
     mlflow_client = client(tracking_uri)
     experiment_id = ensure_experiment("lock-test", tracking_uri, str(artifacts))
+    mlflow.set_tracking_uri(tracking_uri)  # the fluent logging below (library code never sets it)
     x = pd.DataFrame(np.random.default_rng(0).normal(size=(60, 2)), columns=["a", "b"])
     mlflow_client.create_registered_model(MODEL)
     for seed in range(count):
