@@ -1,9 +1,9 @@
-"""`pynomaly deploy`: register prefect.yaml's deployments and the drift -> retrain automation.
+"""`pynomaly deploy`: register prefect.yaml's deployments and their triggers.
 
-Runs `prefect deploy` on the project file against the configured PREFECT_API_URL (a real
-server, never the ephemeral API), makes sure the process work pool exists, then creates (or
-replaces) one automation: on the event `pynomaly.drift.detected`, run the `retrain`
-deployment for the model named in the event's resource (`pynomaly.model`).
+Makes sure the process work pool exists, then runs `prefect deploy` on the project file
+against the configured PREFECT_API_URL (a real server, never the ephemeral API). The drift ->
+retrain automation is the `retrain` deployment's trigger in prefect.yaml: `prefect deploy`
+creates it and replaces it on every deploy.
 """
 
 from __future__ import annotations
@@ -17,13 +17,6 @@ from pathlib import Path
 from typing import Any
 
 WORK_POOL = "pynomaly-process"
-WORK_POOL_TYPE = "process"
-RETRAIN_DEPLOYMENT = "retrain"
-AUTOMATION_NAME = "pynomaly-retrain-on-drift"
-# The contract with flows/check_drift.py: the event it emits and the resource labels it sets.
-DRIFT_EVENT = "pynomaly.drift.detected"
-MODEL_RESOURCE_PREFIX = "pynomaly.model."
-MODEL_LABEL = "pynomaly.model"
 
 _ENV_PLACEHOLDER = re.compile(r"\{\{\s*\$([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 
@@ -90,38 +83,6 @@ def deploy_environment(environ: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def drift_automation(retrain_deployment_id: Any) -> Any:
-    """The automation spec: each drift event runs the retrain deployment for its model."""
-    from prefect.automations import AutomationCore, EventTrigger, RunDeployment
-
-    return AutomationCore(
-        name=AUTOMATION_NAME,
-        description=(
-            f"Retrain the model named in a {DRIFT_EVENT} event "
-            f"(resource label {MODEL_LABEL}); cooldown and daily cap live in the retrain flow."
-        ),
-        tags=["pynomaly"],
-        trigger=EventTrigger(
-            expect={DRIFT_EVENT},
-            match={"prefect.resource.id": f"{MODEL_RESOURCE_PREFIX}*"},
-            posture="Reactive",
-            threshold=1,
-            within=0,
-        ),
-        actions=[
-            RunDeployment(
-                source="selected",
-                deployment_id=retrain_deployment_id,
-                # A plain Jinja string: the server renders it against the triggering event.
-                parameters={
-                    "model": f"{{{{ event.resource['{MODEL_LABEL}'] }}}}",
-                    "trigger": "drift",
-                },
-            )
-        ],
-    )
-
-
 def _flow_name(entrypoint: str, root: Path) -> str:
     """The @flow name behind an entrypoint (imports the flow module)."""
     from prefect.flows import load_flow_from_entrypoint
@@ -134,18 +95,19 @@ def _flow_name(entrypoint: str, root: Path) -> str:
         os.chdir(cwd)
 
 
-def _ensure_work_pool(client: Any) -> str:
-    """Create the process work pool when missing; fail when the name has another type."""
+def ensure_work_pool(client: Any, name: str = WORK_POOL, pool_type: str = "process") -> str:
+    """Create the work pool when missing ("created"/"exists"); fail when the name has another
+    type. `client`: a sync `prefect.get_client()`."""
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectNotFound
 
     try:
-        pool = client.read_work_pool(WORK_POOL)
+        pool = client.read_work_pool(name)
     except ObjectNotFound:
-        client.create_work_pool(WorkPoolCreate(name=WORK_POOL, type=WORK_POOL_TYPE))
+        client.create_work_pool(WorkPoolCreate(name=name, type=pool_type))
         return "created"
-    if pool.type != WORK_POOL_TYPE:
-        raise RuntimeError(f"work pool {WORK_POOL!r} exists with type {pool.type!r}, not process")
+    if pool.type != pool_type:
+        raise RuntimeError(f"work pool {name!r} exists with type {pool.type!r}, not {pool_type}")
     return "exists"
 
 
@@ -182,7 +144,7 @@ def register(
     prefect_file: Path | None = None,
     timeout: float = 300.0,
 ) -> dict[str, Any]:
-    """Register deployments and the drift automation on the Prefect server; a summary."""
+    """Register deployments and their triggers on the Prefect server; a summary."""
     from pynomaly.errors import InputError
 
     started = time.perf_counter()
@@ -224,11 +186,16 @@ def register(
 
     from prefect import get_client
 
+    automation: dict[str, Any] | None = None
     with get_client(sync_client=True) as client:
-        pool = _ensure_work_pool(client)
+        pool = ensure_work_pool(client)
+        # Automations of the same name made by hand (before triggers lived in prefect.yaml)
+        # would run a second retrain per event; `prefect deploy` makes its own afresh.
+        for trigger in [t for spec in chosen for t in spec.get("triggers") or []]:
+            for old in client.read_automations_by_name(trigger["name"]):
+                client.delete_automation(old.id)
         _run_prefect_deploy(prefect_file, names, root, timeout, api_env)
         deployed = []
-        retrain_id = None
         for spec in chosen:
             full_name = f"{_flow_name(spec['entrypoint'], root)}/{spec['name']}"
             found = client.read_deployment_by_name(full_name)
@@ -245,26 +212,19 @@ def register(
                     "tags": found.tags,
                 }
             )
-            if spec["name"] == RETRAIN_DEPLOYMENT:
-                retrain_id = found.id
-
-        automation: dict[str, Any] | None = None
-        if retrain_id is not None:
-            # Replace, so a re-deploy never leaves two automations retraining twice.
-            for old in client.read_automations_by_name(AUTOMATION_NAME):
-                client.delete_automation(old.id)
-            automation_id = client.create_automation(drift_automation(retrain_id))
-            automation = {
-                "name": AUTOMATION_NAME,
-                "id": str(automation_id),
-                "event": DRIFT_EVENT,
-                "runs": f"retrain ({retrain_id})",
-            }
+            for trigger in spec.get("triggers") or []:
+                (made,) = client.read_automations_by_name(trigger["name"])
+                automation = {
+                    "name": made.name,
+                    "id": str(made.id),
+                    "event": ", ".join(trigger["expect"]),
+                    "runs": f"{spec['name']} ({found.id})",
+                }
 
     return {
         "api_url": api_url,
         "prefect_file": str(prefect_file),
-        "work_pool": {"name": WORK_POOL, "type": WORK_POOL_TYPE, "status": pool},
+        "work_pool": {"name": WORK_POOL, "type": "process", "status": pool},
         "deployments": deployed,
         "automation": automation,
         "seconds": round(time.perf_counter() - started, 1),

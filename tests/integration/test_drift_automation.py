@@ -1,6 +1,7 @@
-"""Drift on a server, end to end: check_drift emits `pynomaly.drift.detected`, the automation that
-`pynomaly deploy` registered runs the retrain deployment for that model, a process worker
-executes it, and a drift-triggered challenger appears in the MLflow registry."""
+"""Drift on a server, end to end: check_drift emits `pynomaly.drift.detected`, the automation
+that `pynomaly deploy` registered (the retrain deployment's trigger in prefect.yaml) runs the
+retrain deployment for that model, a process worker executes it, and a drift-triggered
+challenger appears in the MLflow registry."""
 
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ def test_drift_event_runs_the_retrain_deployment(
     from prefect.events.worker import EventsWorker
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.check_drift import check_drift
+    from flows.check_drift import DRIFT_EVENT, check_drift
     from flows.train_detector import train_detector
     from pynomaly.settings import get_settings
 
@@ -69,8 +70,10 @@ def test_drift_event_runs_the_retrain_deployment(
     shifted = write_frame(work / "shifted.csv", 2, 250, shift=2.5)
 
     with temporary_settings(updates={PREFECT_API_URL: prefect_server}):
-        deployed = deploy.register(names=[deploy.RETRAIN_DEPLOYMENT])
-        assert deployed["automation"]["name"] == deploy.AUTOMATION_NAME
+        deploy.register(names=["retrain"])  # twice: a re-deploy replaces the automation
+        deployed = deploy.register(names=["retrain"])
+        assert deployed["automation"]["name"] == "pynomaly-retrain-on-drift"
+        assert deployed["automation"]["event"] == DRIFT_EVENT
         retrain_id = deployed["deployments"][0]["id"]
 
         assert train_detector(train, model, detector="iforest")["version"] == 1
@@ -89,7 +92,7 @@ def test_drift_event_runs_the_retrain_deployment(
             finally:
                 EventsWorker.set_client_override(None)
             assert result["drift_detected"], result
-            assert result["retrain"] == {"status": "event emitted", "event": deploy.DRIFT_EVENT}
+            assert result["retrain"] == {"status": "event emitted", "event": DRIFT_EVENT}
 
             # The automation creates a run of the retrain deployment; the worker executes it.
             with get_client(sync_client=True) as client:

@@ -153,17 +153,27 @@ def test_deployment_parameters_fit_the_flow_signature(name: str) -> None:
         flow.validate_parameters(params)  # types, as the server checks them
 
 
-def test_drift_automation_runs_retrain_with_the_model_of_the_event() -> None:
-    spec = deploy.drift_automation("00000000-0000-0000-0000-000000000000")
-    assert spec.trigger.expect == {"pynomaly.drift.detected"}
-    assert spec.trigger.match.model_dump()["prefect.resource.id"] == "pynomaly.model.*"
-    (action,) = spec.actions
+def test_drift_trigger_runs_retrain_with_the_model_of_the_event() -> None:
+    from prefect.events import DeploymentTriggerTypes
+    from pydantic import TypeAdapter
+
+    from flows.check_drift import DRIFT_EVENT
+
+    (spec,) = DEPLOYMENTS["retrain"]["triggers"]
+    trigger = TypeAdapter(DeploymentTriggerTypes).validate_python(spec)
+    trigger.set_deployment_id("00000000-0000-0000-0000-000000000000")
+    automation = trigger.as_automation()  # what `prefect deploy` creates
+    assert automation.name == "pynomaly-retrain-on-drift" and automation.enabled
+    assert automation.trigger.expect == {DRIFT_EVENT}
+    assert automation.trigger.match.model_dump()["prefect.resource.id"] == "pynomaly.model.*"
+    assert (automation.trigger.posture, automation.trigger.threshold) == ("Reactive", 1)
+    (action,) = automation.actions
     assert action.type == "run-deployment"
     assert action.parameters == {
         "model": "{{ event.resource['pynomaly.model'] }}",
         "trigger": "drift",
     }
-    retrain = load_flow(DEPLOYMENTS[deploy.RETRAIN_DEPLOYMENT]["entrypoint"])
+    retrain = load_flow(DEPLOYMENTS["retrain"]["entrypoint"])
     inspect.signature(retrain.fn).bind_partial(**action.parameters)
     retrain.validate_parameters({**action.parameters, "model": "sample"})
 
