@@ -4,17 +4,27 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from prefect import flow, task
+from prefect import flow
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
 
-from pynomaly.settings import get_settings
+from pynomaly.settings import Settings, get_settings
 from tasks import backup
+from tasks.steps import create_backup, prune_backups
 
-take_backup = task(name="take_backup", cache_policy=NO_CACHE)(backup.create_backup)
-prune_backups = task(name="prune_backups", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)(
-    backup.prune_backups
-)
+
+def platform_state(settings: Settings) -> backup.PlatformState:
+    """Where the platform keeps state, as the settings say (shared by the CLI and the drill)."""
+    return backup.platform_state(
+        tracking_uri=settings.mlflow_tracking_uri,
+        backend_uri=settings.mlflow_backend_uri,
+        results_url=settings.results_url,
+        artifact_root=settings.artifact_store,
+        s3_endpoint_url=settings.s3_endpoint_url,
+        optuna_url=settings.optuna_storage,
+        prefect_url=settings.prefect_database_url,
+        staging=settings.staging_dir,
+        pg_bin=settings.pg_bin,
+    )
 
 
 @flow(name="backup-platform", log_prints=True)
@@ -27,13 +37,13 @@ def backup_platform(
     """Back up MLflow, results, Optuna and Prefect DBs, suites and artifacts, signed; prune."""
     settings = get_settings()
     settings.export_client_environment()
-    state = backup.platform_state(settings)
+    state = platform_state(settings)
     store = backup.backup_store(settings.backup_store_root, settings.s3_endpoint_url)
     # The signing key lives outside the store: the environment, or the home's key file.
-    key = backup.backup_key(settings, store, create=True)
+    key = backup.backup_key(settings.backup_secret, settings.home_dir, store, create=True)
 
     # Back up: databases, suites, artifacts, champion samples, signed manifest last
-    manifest = take_backup(
+    manifest = create_backup(
         state,
         store,
         key=key,
@@ -53,6 +63,8 @@ def backup_platform(
             keep_daily_days=settings.backup_keep_daily_days,
             keep_weekly_weeks=settings.backup_keep_weekly_weeks,
         )
+
+    # Report
     counts = manifest["counts"]
     create_markdown_artifact(
         key="backup-summary",

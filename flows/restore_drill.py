@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow, task
+from prefect import flow
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
 
+from flows.backup_platform import platform_state
 from pynomaly.settings import get_settings
 from tasks import backup
-
-drill_restore = task(name="drill_restore", cache_policy=NO_CACHE)(backup.drill_restore)
+from tasks.steps import drill_restore
 
 
 @flow(name="restore-drill", log_prints=True)
@@ -19,14 +18,16 @@ def restore_drill(backup_id: str = "latest") -> dict[str, Any]:
     """Check signature and checksums, restore into scratch, compare counts and scores."""
     settings = get_settings()
     settings.export_client_environment()
-    state = backup.platform_state(settings)
+    state = platform_state(settings)
     store = backup.backup_store(settings.backup_store_root, settings.s3_endpoint_url)
-    key = backup.backup_key(settings, store)  # never made here: no key, no signed backup
+    # Never made here: no key, no signed backup to drill
+    key = backup.backup_key(settings.backup_secret, settings.home_dir, store)
 
-    # Authenticate + verify + restore into scratch + check (raises, failing the run, on an
+    # Authenticate, verify, restore into scratch, check (raises, failing the run, on an
     # unsigned or wrongly signed backup before anything of it is loaded, and on any mismatch)
     report = drill_restore(state, store, backup_id, key=key)
 
+    # Report
     checked = report["verification"]
     create_markdown_artifact(
         key="restore-drill",

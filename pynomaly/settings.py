@@ -7,7 +7,7 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pynomaly.errors import InputError
@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     backup_keep_daily_days: int = Field(14, ge=0, description="Days with one backup kept per day.")
     backup_keep_weekly_weeks: int = Field(
         8, ge=0, description="Weeks with one backup kept per week."
+    )
+    backup_key: SecretStr | None = Field(
+        None, description="Signs backup manifests (embedded default: $PYNOMALY_HOME/backup.key)."
+    )
+    pg_bin: Path | None = Field(
+        None, description="Folder of the PostgreSQL programs (default: newest installed, PATH)."
     )
 
     @field_validator("results_db_url", "optuna_storage", "mlflow_backend_uri")
@@ -112,6 +118,24 @@ class Settings(BaseSettings):
     @property
     def backup_store_root(self) -> str:
         return self.backup_root or str(self.home_dir / "backups")
+
+    @property
+    def backup_secret(self) -> str | None:
+        return self.backup_key.get_secret_value() if self.backup_key else None
+
+    @property
+    def prefect_database_url(self) -> str | None:
+        """The embedded Prefect SQLite DB, unless a Prefect server (or another DB) holds it."""
+        if os.environ.get("PREFECT_API_URL"):
+            return None  # a Prefect server owns its database; back it up where it runs
+        path = self.prefect_home / "prefect.db"
+        configured = os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL")
+        if configured:
+            import sqlalchemy as sa
+
+            if Path(sa.make_url(configured).database or "") != path:
+                return None
+        return f"sqlite:///{path}"
 
     def export_client_environment(self) -> None:
         """Tell MLflow's S3 client where the endpoint is (it reads only the environment)."""

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from pynomaly.errors import InputError
-from tasks.store import ArtifactStore, s3_client, s3_error, split_s3_uri
+from tasks.store import ArtifactStore, split_s3_uri
 
 PARQUET_SUFFIXES = {".parquet", ".pq"}
 CSV_SUFFIXES = {".csv", ".txt", ".tsv"}
@@ -396,10 +396,7 @@ def read_chunks(
         suffix = Path(key).suffix.lower()
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(tmp) / f"object{suffix}"
-            try:
-                s3_client(s3_endpoint_url).download_file(bucket, key, str(local))
-            except Exception as exc:
-                raise s3_error(exc, source, s3_endpoint_url) from exc
+            ArtifactStore(f"s3://{bucket}", s3_endpoint_url).download(key, local)
             yield from _read_file(local, source, chunk_rows, delimiter)
         return
     path = Path(source.removeprefix("file://")).expanduser()

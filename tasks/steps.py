@@ -13,6 +13,7 @@ from prefect.cache_policies import NO_CACHE
 
 from data_checks.suite import ValidationReport
 from pynomaly.errors import InputError
+from tasks import backup
 from tasks.ingest import (
     Manifest,
     check_source,
@@ -267,3 +268,12 @@ def load_feedback_labels(results_url: str, store: ArtifactStore, model: str) -> 
         return model_feedback(engine, store, model)
     finally:
         engine.dispose()
+
+
+# Backups ---------------------------------------------------------------------------------------
+
+create_backup = task(name="create_backup", cache_policy=NO_CACHE)(backup.create_backup)
+prune_backups = task(name="prune_backups", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)(
+    backup.prune_backups
+)
+drill_restore = task(name="drill_restore", cache_policy=NO_CACHE)(backup.drill_restore)

@@ -21,8 +21,11 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+from flows.backup_platform import platform_state
 from pynomaly.settings import Settings
 from tasks import backup
+from tasks.backup.artifacts import sha256_of
+from tasks.backup.manifest import ARTIFACTS_COPY, MANIFEST_SUM
 from tasks.results import detection_results, replace_batch, results_engine
 from tasks.store import ArtifactStore
 
@@ -88,34 +91,33 @@ def build_state(settings: Settings, batch_rows: tuple[int, int]) -> None:
 
 def parts(
     settings: Settings,
-) -> tuple[backup.PlatformState, backup.BackupStore, backup.BackupKey]:
+) -> tuple[backup.PlatformState, ArtifactStore, backup.BackupKey]:
     """The platform state, the backup store the settings name, and its signing key."""
     store = backup.backup_store(settings.backup_store_root, settings.s3_endpoint_url)
-    return backup.platform_state(settings), store, backup.backup_key(settings, store, create=True)
+    key = backup.backup_key(settings.backup_secret, settings.home_dir, store, create=True)
+    return platform_state(settings), store, key
 
 
-def stored_manifest(store: backup.BackupStore, backup_id: str) -> dict[str, Any]:
+def stored_manifest(store: ArtifactStore, backup_id: str) -> dict[str, Any]:
     """A backup's manifest as stored (no checks): what an attacker or a test edits."""
     return json.loads(store.get_bytes(f"{backup_id}/{backup.MANIFEST}"))
 
 
 def replace_file(
-    store: backup.BackupStore, manifest: dict[str, Any], name: str, path: Path
+    store: ArtifactStore, manifest: dict[str, Any], name: str, path: Path
 ) -> dict[str, Any]:
     """Put `path` in place of a backup's file and record its sha256 and size in `manifest`
     (what whoever can write the backup store can do; signing is left to the caller)."""
     store.put_file(f"{manifest['id']}/{name}", path)
-    manifest["files"][name] = {"sha256": backup.sha256_of(path), "bytes": path.stat().st_size}
+    manifest["files"][name] = {"sha256": sha256_of(path), "bytes": path.stat().st_size}
     return manifest
 
 
-def reseal_with_sha256(store: backup.BackupStore, manifest: dict[str, Any]) -> None:
+def reseal_with_sha256(store: ArtifactStore, manifest: dict[str, Any]) -> None:
     """Write a changed manifest with a recomputed manifest.sha256 (the old scheme's seal),
     leaving whatever signature is there."""
     body = json.dumps(manifest, indent=2, sort_keys=True).encode()
-    store.put_bytes(
-        f"{manifest['id']}/{backup.MANIFEST_SUM}", hashlib.sha256(body).hexdigest().encode()
-    )
+    store.put_bytes(f"{manifest['id']}/{MANIFEST_SUM}", hashlib.sha256(body).hexdigest().encode())
     store.put_bytes(f"{manifest['id']}/{backup.MANIFEST}", body)
 
 
@@ -237,18 +239,16 @@ class _MakesMarker:
         return (os.mkdir, (self.marker,))
 
 
-def tamper_models(
-    store: backup.BackupStore, backup_id: str, work: Path, marker: Path
-) -> dict[str, Any]:
+def tamper_models(store: ArtifactStore, backup_id: str, work: Path, marker: Path) -> dict[str, Any]:
     """Swap every python_model.pkl in a backup's artifact copy for a pickle that creates
     `marker` when loaded; the stored manifest with the new file's sha256 (not yet written)."""
     import pickle
 
     work.mkdir(parents=True, exist_ok=True)
-    src = store.download(f"{backup_id}/{backup.ARTIFACTS_COPY}", work / "original.tar.gz")
+    src = store.download(f"{backup_id}/{ARTIFACTS_COPY}", work / "original.tar.gz")
     with tarfile.open(src, "r:gz") as tar:
         models = [m.name for m in tar.getmembers() if m.name.endswith("/python_model.pkl")]
     assert models, "the backup holds no pickled model to tamper with"
     payload = pickle.dumps(_MakesMarker(marker))
     evil = rewrite_archive(src, work / "tampered.tar.gz", dict.fromkeys(models, payload))
-    return replace_file(store, stored_manifest(store, backup_id), backup.ARTIFACTS_COPY, evil)
+    return replace_file(store, stored_manifest(store, backup_id), ARTIFACTS_COPY, evil)

@@ -23,12 +23,13 @@ IdArg = Annotated[str, typer.Argument(help="Backup id, or 'latest'.")]
 
 def _store_and_state(need_state: bool = True) -> tuple[Any, Any]:
     """The backup store and (when asked) the platform state, from settings."""
+    from flows.backup_platform import platform_state
     from pynomaly.settings import get_settings
     from tasks import backup
 
     settings = get_settings()
     store = backup.backup_store(settings.backup_store_root, settings.s3_endpoint_url)
-    return store, backup.platform_state(settings) if need_state else None
+    return store, platform_state(settings) if need_state else None
 
 
 def _key(store: Any, create: bool = False) -> Any:
@@ -36,7 +37,8 @@ def _key(store: Any, create: bool = False) -> Any:
     from pynomaly.settings import get_settings
     from tasks import backup
 
-    return backup.backup_key(get_settings(), store, create=create)
+    settings = get_settings()
+    return backup.backup_key(settings.backup_secret, settings.home_dir, store, create=create)
 
 
 def _size(n: int) -> str:

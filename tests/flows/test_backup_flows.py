@@ -81,7 +81,7 @@ def test_backup_create_with_a_broken_champion_succeeds_and_reports_it(
     assert warning.startswith("champion beta v1 does not load or score: ")
     assert created["counts"]["model_versions"] == 2  # everything else was backed up
     store = backup.backup_store(settings.backup_store_root)
-    key = backup.backup_key(settings, store)
+    key = backup.backup_key(settings.backup_secret, settings.home_dir, store)
     assert [(b["id"], b["status"], b["warnings"]) for b in backup.list_backups(store, key)] == [
         (created["id"], "ok", [warning])
     ]

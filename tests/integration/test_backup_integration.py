@@ -16,7 +16,7 @@ from pynomaly.errors import InputError
 from pynomaly.settings import Settings, get_settings
 from tasks import backup
 from tasks.results import results_engine
-from tasks.store import ArtifactStore, s3_client
+from tasks.store import ArtifactStore, s3_client, split_s3_uri
 
 pytestmark = pytest.mark.integration
 
@@ -114,7 +114,7 @@ def test_postgres_s3_backup_drill_destroy_restore_is_identical(
     assert counts["artifacts"] == len(before["files"])
     assert "password" not in str(manifest) and pg_server.password not in str(manifest)
     # Every backup object is encrypted at rest.
-    bucket, prefix = backup.split_s3_uri(store.uri(manifest["id"]))
+    bucket, prefix = split_s3_uri(store.uri(manifest["id"]))
     client = s3_client(platform.s3_endpoint_url)
     keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]]
     assert len(keys) == len(manifest["files"]) + 2  # + manifest.json and manifest.sig
@@ -261,5 +261,5 @@ def test_s3_backups_need_the_key_from_the_environment(
     store = backup.backup_store(platform.backup_store_root, platform.s3_endpoint_url)
     monkeypatch.delenv("PYNOMALY_BACKUP_KEY")
     with pytest.raises(InputError, match="set PYNOMALY_BACKUP_KEY"):
-        backup.backup_key(platform, store, create=True)
+        backup.backup_key(Settings().backup_secret, platform.home_dir, store, create=True)
     assert not (platform.home_dir / backup.KEY_FILE).exists()  # never a key file for S3

@@ -30,6 +30,11 @@ from typer.testing import CliRunner
 from pynomaly.errors import InputError
 from pynomaly.settings import Settings, get_settings
 from tasks import backup
+from tasks.backup.artifacts import read_json_gz, sha256_of, write_json_gz
+from tasks.backup.catalog import select_retained
+from tasks.backup.databases import mlflow_head_revision, upgrade_mlflow_schema
+from tasks.backup.manifest import ARTIFACTS_COPY, CHAMPIONS, SIGNATURE, backup_time, write_manifest
+from tasks.backup.restore import check_applicable
 from tasks.results import results_engine
 
 # Tiny platform state (tests/backup_state.py) and its destruction -----------------------------
@@ -77,38 +82,38 @@ NOW = at("2026-03-11T12:00")
 
 
 def test_retention_keeps_newest_daily_and_weekly_exactly() -> None:
-    kept = backup.select_retained(RETENTION_TIMES, NOW, 2, 3, 3)
+    kept = select_retained(RETENTION_TIMES, NOW, 2, 3, 3)
     # newest 2: a, b; days 11/10/9 March: a, c, e; weeks 11/10/9: a, f, h
     assert kept == {"a", "b", "c", "e", "f", "h"}
 
 
 def test_retention_with_only_keep_last() -> None:
-    assert backup.select_retained(RETENTION_TIMES, NOW, 3, 0, 0) == {"a", "b", "c"}
+    assert select_retained(RETENTION_TIMES, NOW, 3, 0, 0) == {"a", "b", "c"}
 
 
 def test_retention_daily_window_counts_today_as_first_day() -> None:
-    assert backup.select_retained(RETENTION_TIMES, NOW, 1, 1, 0) == {"a"}
-    assert backup.select_retained(RETENTION_TIMES, NOW, 1, 5, 0) == {"a", "c", "e", "f", "g"}
+    assert select_retained(RETENTION_TIMES, NOW, 1, 1, 0) == {"a"}
+    assert select_retained(RETENTION_TIMES, NOW, 1, 5, 0) == {"a", "c", "e", "f", "g"}
 
 
 def test_retention_weekly_spans_year_boundary() -> None:
     times = {"x": at("2025-12-29T01:00"), "y": at("2025-12-28T01:00"), "z": at("2025-12-21T01:00")}
     # 2025-12-29 is ISO 2026-W01; 12-28 is 2025-W52; 12-21 is 2025-W51.
-    assert backup.select_retained(times, at("2026-01-02T00:00"), 1, 0, 2) == {"x", "y"}
+    assert select_retained(times, at("2026-01-02T00:00"), 1, 0, 2) == {"x", "y"}
 
 
 def test_retention_keeps_everything_when_few_and_nothing_when_none() -> None:
-    assert backup.select_retained({"a": NOW}, NOW, 7, 0, 0) == {"a"}
-    assert backup.select_retained({}, NOW, 7, 14, 8) == set()
+    assert select_retained({"a": NOW}, NOW, 7, 0, 0) == {"a"}
+    assert select_retained({}, NOW, 7, 14, 8) == set()
 
 
 def test_backup_id_round_trips_its_time() -> None:
     made = datetime(2026, 5, 4, 3, 2, 1, tzinfo=UTC)
     backup_id = backup.new_backup_id(made)
     assert backup_id.startswith("20260504T030201Z-")
-    assert backup.backup_time(backup_id) == made
+    assert backup_time(backup_id) == made
     with pytest.raises(InputError, match="not a backup id"):
-        backup.backup_time("yesterday")
+        backup_time("yesterday")
 
 
 def test_prune_deletes_exactly_what_retention_drops(tmp_path: Path) -> None:
@@ -158,10 +163,10 @@ def test_backup_destroy_restore_is_identical(platform: Settings) -> None:
         ("alpha", 1),
         ("beta", 1),
     ]
-    assert manifest["schema"]["mlflow_alembic_revision"] == backup.mlflow_head_revision()
+    assert manifest["schema"]["mlflow_alembic_revision"] == mlflow_head_revision()
     stored = Path(platform.backup_store_root) / manifest["id"]
     for name, info in manifest["files"].items():
-        assert backup.sha256_of(stored / name) == info["sha256"]
+        assert sha256_of(stored / name) == info["sha256"]
 
     # Destroy: both databases emptied, the artifact store gone.
     drop_all_tables(platform.home_dir / "mlflow.db")
@@ -209,11 +214,11 @@ def test_drill_fails_when_a_champion_scores_differently(platform: Settings) -> N
     # Rewrite the recorded scores, and re-sign with the key (so only the scoring check can
     # catch it).
     folder = Path(platform.backup_store_root) / manifest["id"]
-    samples = backup.read_json_gz(folder / backup.CHAMPIONS)
+    samples = read_json_gz(folder / CHAMPIONS)
     samples[0]["scores"][0] += 1e-9
-    changed = backup.write_json_gz(platform.home_dir / backup.CHAMPIONS, samples)
-    stored = replace_file(store, stored_manifest(store, manifest["id"]), backup.CHAMPIONS, changed)
-    backup.write_manifest(store, stored, key)
+    changed = write_json_gz(platform.home_dir / CHAMPIONS, samples)
+    stored = replace_file(store, stored_manifest(store, manifest["id"]), CHAMPIONS, changed)
+    write_manifest(store, stored, key)
 
     with pytest.raises(InputError, match="champion alpha v1 scores"):
         backup.drill_restore(state, store, manifest["id"], key=key)
@@ -327,7 +332,7 @@ def test_restore_of_older_schema_runs_migrations(platform_home: Path) -> None:
     state, store, key = parts(settings)
     manifest = backup.create_backup(state, store, key=key)
     assert manifest["schema"]["mlflow_alembic_revision"] == older
-    backup.upgrade_mlflow_schema(url)  # the platform moved on to the current MLflow
+    upgrade_mlflow_schema(url)  # the platform moved on to the current MLflow
 
     report = backup.restore_backup(state, store, manifest["id"], key=key)
 
@@ -348,7 +353,7 @@ def test_backup_from_a_newer_mlflow_is_refused(platform: Settings) -> None:
     manifest["schema"]["mlflow_alembic_revision"] = "ffffffffffff"
     manifest["platform"]["mlflow"] = "99.0"
     with pytest.raises(InputError, match="unknown to MLflow here"):
-        backup._check_schema(manifest)
+        check_applicable(state, manifest)
 
 
 # Trust: signatures, names, formats, staging --------------------------------------------------
@@ -385,7 +390,7 @@ def test_tampered_model_resealed_with_sha256_is_refused_and_never_unpickled(
     tampered = tamper_models(store, backup_id, tmp_path / "attacker", marker)
     reseal_with_sha256(store, tampered)
     if signature == "removed":
-        store.delete(f"{backup_id}/{backup.SIGNATURE}")
+        store.delete(f"{backup_id}/{SIGNATURE}")
     why = "signature does not match" if signature == "left in place" else "is not signed"
     engine = results_engine(platform.results_url)
     score_rows(engine, "batch-after-backup", 50)
@@ -412,7 +417,7 @@ def test_tampered_model_resealed_with_sha256_is_refused_and_never_unpickled(
 
     # Control: the very same files, signed with the key, are loaded by the drill, which runs
     # the payload. So the refusals above are what kept it from running.
-    backup.write_manifest(store, tampered, key)
+    write_manifest(store, tampered, key)
     with pytest.raises(InputError, match="champion alpha v1 does not load"):
         backup.drill_restore(state, store, backup_id, key=key)
     assert marker.exists()
@@ -428,8 +433,8 @@ def test_manifest_naming_a_path_outside_the_backup_is_refused(
     planted.parent.mkdir(parents=True, exist_ok=True)
     planted.write_bytes(b"planted")
     stored = stored_manifest(store, backup_id)
-    stored["files"][name] = {"sha256": backup.sha256_of(planted), "bytes": 7}
-    backup.write_manifest(store, stored, key)  # even signed: the name alone is refused
+    stored["files"][name] = {"sha256": sha256_of(planted), "bytes": 7}
+    write_manifest(store, stored, key)  # even signed: the name alone is refused
     work = tmp_path / "a" / "b" / "c"
     work.mkdir(parents=True)
     outside = (work / "staging-folder" / name).resolve()  # where the old code wrote it
@@ -464,10 +469,10 @@ def test_restore_with_a_bad_artifact_member_leaves_live_databases_unchanged(
         member.type, member.linkname = tarfile.SYMTYPE, "/etc/passwd"
     else:
         member.size = 1
-    original = store.download(f"{backup_id}/{backup.ARTIFACTS_COPY}", tmp_path / "orig.tar.gz")
+    original = store.download(f"{backup_id}/{ARTIFACTS_COPY}", tmp_path / "orig.tar.gz")
     archive = rewrite_archive(original, tmp_path / "bad.tar.gz", {}, (member,))
-    stored = replace_file(store, stored_manifest(store, backup_id), backup.ARTIFACTS_COPY, archive)
-    backup.write_manifest(store, stored, key)  # signed: only the member check can stop it
+    stored = replace_file(store, stored_manifest(store, backup_id), ARTIFACTS_COPY, archive)
+    write_manifest(store, stored, key)  # signed: only the member check can stop it
     engine = results_engine(platform.results_url)
     score_rows(engine, "batch-after-backup", 50)  # live state differs from the backup
     engine.dispose()
@@ -508,7 +513,7 @@ def test_manifest_without_schema_or_with_unknown_format_is_one_line_exit_2(
         stored["format"] = 99
     else:
         del stored["format"]
-    backup.write_manifest(store, stored, key)  # signed: the checks themselves must refuse
+    write_manifest(store, stored, key)  # signed: the checks themselves must refuse
     live = snapshot(platform)
 
     one_line_refusal(cli("verify", manifest["id"], "--json"), manifest["id"], message)
@@ -569,7 +574,7 @@ def test_backup_with_a_champion_that_cannot_load_succeeds_and_says_so(
 
     (warning,) = manifest["warnings"]
     assert warning.startswith("champion beta v1 does not load or score: ")
-    samples = {s["model"]: s for s in backup.read_json_gz(store_path(platform, manifest))}
+    samples = {s["model"]: s for s in read_json_gz(store_path(platform, manifest))}
     assert samples["alpha"]["sample"] is not None and samples["beta"]["sample"] is None
     (row,) = backup.list_backups(store, key)
     assert (row["status"], row["warnings"]) == ("ok", [warning])
@@ -578,7 +583,7 @@ def test_backup_with_a_champion_that_cannot_load_succeeds_and_says_so(
 
 
 def store_path(settings: Settings, manifest: dict) -> Path:
-    return Path(settings.backup_store_root) / manifest["id"] / backup.CHAMPIONS
+    return Path(settings.backup_store_root) / manifest["id"] / CHAMPIONS
 
 
 def test_backup_signed_with_another_key_is_refused_by_name(
@@ -606,7 +611,7 @@ def test_unsigned_backup_is_restored_only_with_trust_unsigned_and_never_drilled(
     legacy = stored_manifest(store, backup_id)
     legacy["format"] = 1
     del legacy["warnings"]
-    store.delete(f"{backup_id}/{backup.SIGNATURE}")
+    store.delete(f"{backup_id}/{SIGNATURE}")
     reseal_with_sha256(store, legacy)
     drop_all_tables(platform.home_dir / "results.db")
 
@@ -670,5 +675,5 @@ def test_key_file_inside_the_backup_store_is_refused(platform_home: Path) -> Non
     settings = get_settings()
     store = backup.backup_store(str(platform_home))  # the store is the home itself
     with pytest.raises(InputError, match="inside the backup store"):
-        backup.backup_key(settings, store, create=True)
+        backup.backup_key(settings.backup_secret, settings.home_dir, store, create=True)
     assert not (platform_home / backup.KEY_FILE).exists()

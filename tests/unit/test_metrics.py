@@ -25,6 +25,7 @@ from deployments.monitoring.exporter import (
     metrics_registry,
 )
 from tasks import backup
+from tasks.backup import manifest as manifest_format
 from tasks.results import replace_batch, results_engine
 
 MONITORING = Path(__file__).resolve().parents[2] / "deployments" / "monitoring"
@@ -46,9 +47,9 @@ def _fake_backup(settings, created: datetime, complete: bool = True) -> None:
     store.put_bytes(f"{backup_id}/results.db.gz", b"stand-in")
     if complete:
         manifest = {
-            "format": backup.FORMAT_VERSION,
+            "format": manifest_format.FORMAT_VERSION,
             "id": backup_id,
-            "created_at": backup.backup_time(backup_id).isoformat(),
+            "created_at": manifest_format.backup_time(backup_id).isoformat(),
             "kind": "manual",
             "platform": {},
             "schema": {"mlflow_alembic_revision": None},
@@ -57,12 +58,12 @@ def _fake_backup(settings, created: datetime, complete: bool = True) -> None:
             "champions": [],
             "files": {
                 name: {"sha256": "0" * 64, "bytes": 8}
-                for name in (backup.ARTIFACTS_COPY, backup.EXPECTATIONS)
+                for name in (manifest_format.ARTIFACTS_COPY, manifest_format.EXPECTATIONS)
             },
             "counts": {},
         }
         # Signed by some key: health checks the form, not the key (the drill does).
-        backup.write_manifest(store, manifest, backup.BackupKey(b"k" * 32, "test"))
+        manifest_format.write_manifest(store, manifest, backup.BackupKey(b"k" * 32, "test"))
 
 
 @pytest.fixture(scope="module")

@@ -257,7 +257,8 @@ def test_embedded_state_is_private_from_its_creation(
         engine = results_engine(settings.results_url)  # the embedded results SQLite file
         engine.dispose()
         store = backup.backup_store(settings.backup_store_root)
-        backup.backup_key(settings, store, create=True)  # $PYNOMALY_HOME/backup.key
+        # $PYNOMALY_HOME/backup.key
+        backup.backup_key(settings.backup_secret, settings.home_dir, store, create=True)
         artifacts = ArtifactStore(settings.artifact_store, settings.s3_endpoint_url)
         artifacts.put_bytes("datasets/x/y.parquet", b"rows")
     finally:

@@ -1,0 +1,360 @@
+"""The platform's databases: SQLite copies through SQLite's backup API, PostgreSQL through
+pg_dump/pg_restore on an exported snapshot, with the counts read from that same snapshot."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import sqlite3
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from pynomaly.errors import InputError
+
+GZIP_LEVEL = 6
+DB_ROLES = ("results", "optuna", "mlflow", "prefect")  # dump order: referrers before referees
+DB_FILES = {"sqlite": "{role}.sqlite.gz", "postgresql": "{role}.pgdump"}
+
+COUNT_QUERIES: dict[str, dict[str, tuple[str, str]]] = {
+    # role -> count name -> (table, SQL)
+    "mlflow": {
+        "experiments": ("experiments", "SELECT count(*) FROM experiments"),
+        "runs": ("runs", "SELECT count(*) FROM runs"),
+        "registered_models": ("registered_models", "SELECT count(*) FROM registered_models"),
+        "model_versions": ("model_versions", "SELECT count(*) FROM model_versions"),
+        "aliases": ("registered_model_aliases", "SELECT count(*) FROM registered_model_aliases"),
+    },
+    "results": {
+        "detection_rows": ("detection_results", "SELECT count(*) FROM detection_results"),
+        "detection_batches": (
+            "detection_results",
+            "SELECT count(DISTINCT batch_id) FROM detection_results",
+        ),
+    },
+    "optuna": {
+        "optuna_studies": ("studies", "SELECT count(*) FROM studies"),
+        "optuna_trials": ("trials", "SELECT count(*) FROM trials"),
+    },
+    "prefect": {"prefect_flow_runs": ("flow_run", "SELECT count(*) FROM flow_run")},
+}
+# Columns of the MLflow DB that hold artifact locations (rewritten when a drill restores the
+# artifacts into a scratch folder, so the drill loads the backed-up files, not the live ones).
+ARTIFACT_COLUMNS = [
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("model_versions", "source"),
+    ("model_versions", "storage_location"),
+    ("logged_models", "artifact_location"),
+]
+
+
+@dataclass(frozen=True)
+class Database:
+    """One database the platform keeps state in: a SQLite file or a PostgreSQL database."""
+
+    role: str
+    url: str
+
+    @property
+    def kind(self) -> str:
+        backend = sa.make_url(self.url).get_backend_name()
+        if backend not in {"sqlite", "postgresql"}:
+            raise InputError(f"{self.role} database: backups support SQLite and PostgreSQL only")
+        return backend
+
+    @property
+    def sqlite_path(self) -> Path:
+        name = sa.make_url(self.url).database
+        if not name or name == ":memory:":
+            raise InputError(f"{self.role} database: an in-memory SQLite DB cannot be backed up")
+        return Path(name)
+
+    @property
+    def display(self) -> str:
+        """The URL with its password masked (safe for manifests and logs)."""
+        return sa.make_url(self.url).render_as_string(hide_password=True)
+
+    def exists(self) -> bool:
+        """Whether the database is there (a dropped one is restored by creating it)."""
+        if self.kind == "sqlite":
+            return self.sqlite_path.exists()
+        name = sa.make_url(self.url).database
+        with _pg_maintenance(self.url) as conn:
+            found = conn.execute(
+                sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}
+            ).first()
+        return found is not None
+
+
+# PostgreSQL ------------------------------------------------------------------------------------
+
+
+def pg_tool(name: str, folder: Path | None = None) -> str:
+    """Path of a PostgreSQL program (pg_dump, initdb, ...): in `folder` (PYNOMALY_PG_BIN) when
+    given, else the newest /usr/lib/postgresql/<version>/bin, else PATH."""
+    candidates = [folder / name] if folder else []
+    installed = Path("/usr/lib/postgresql")
+    if installed.is_dir():
+        versions = sorted(
+            (p for p in installed.iterdir() if p.name.isdigit()),
+            key=lambda p: int(p.name),
+            reverse=True,
+        )
+        candidates += [p / "bin" / name for p in versions]
+    for candidate in candidates:
+        if candidate.exists():
+            return str(candidate)
+    found = shutil.which(name)
+    if not found:
+        raise InputError(f"{name} not found: install the PostgreSQL client or set PYNOMALY_PG_BIN")
+    return found
+
+
+def _libpq(url: str) -> tuple[str, dict[str, str]]:
+    """A libpq URI without the password, and the child's environment carrying it (never argv)."""
+    parsed = sa.make_url(url)
+    env = dict(os.environ)
+    if parsed.password:
+        env["PGPASSWORD"] = str(parsed.password)
+    plain = parsed.set(drivername="postgresql", password=None)
+    return plain.render_as_string(hide_password=False), env
+
+
+def _run_pg(cmd: list[str], env: dict[str, str], what: str) -> None:
+    """Run pg_dump/pg_restore; failure -> RuntimeError with their stderr (no password in it)."""
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        raise RuntimeError(f"{what} failed: {result.stderr.strip()[-2000:]}")
+
+
+@contextmanager
+def _pg_maintenance(url: str) -> Iterator[sa.Connection]:
+    """An autocommit connection to the server's `postgres` database (CREATE/DROP DATABASE)."""
+    engine = sa.create_engine(
+        sa.make_url(url).set(database="postgres"),
+        isolation_level="AUTOCOMMIT",
+        poolclass=sa.NullPool,
+    )
+    try:
+        with engine.connect() as conn:
+            yield conn
+    finally:
+        engine.dispose()
+
+
+def create_pg_database(url: str) -> None:
+    """Create the database of a URL if it is missing."""
+    name = sa.make_url(url).database
+    with _pg_maintenance(url) as conn:
+        if conn.execute(
+            sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}
+        ).first():
+            return
+        quoted = conn.dialect.identifier_preparer.quote(name)
+        conn.execute(sa.text(f"CREATE DATABASE {quoted}"))
+
+
+def drop_pg_database(url: str) -> None:
+    """Drop the database of a URL, closing its connections."""
+    name = sa.make_url(url).database
+    with _pg_maintenance(url) as conn:
+        quoted = conn.dialect.identifier_preparer.quote(name)
+        conn.execute(sa.text(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
+
+
+# Dump, restore, count --------------------------------------------------------------------------
+
+
+def gzip_file(src: Path, dest: Path) -> Path:
+    """Compress a file."""
+    with open(src, "rb") as fin, gzip.open(dest, "wb", compresslevel=GZIP_LEVEL) as fout:
+        shutil.copyfileobj(fin, fout, 1 << 20)
+    return dest
+
+
+def gunzip_file(src: Path, dest: Path) -> Path:
+    """Decompress a file."""
+    with gzip.open(src, "rb") as fin, open(dest, "wb") as fout:
+        shutil.copyfileobj(fin, fout, 1 << 20)
+    return dest
+
+
+def count_state(conn: sa.Connection, role: str) -> dict[str, int]:
+    """The manifest counts one database holds (a missing table counts 0)."""
+    inspector = sa.inspect(conn)
+    counts = {}
+    for name, (table, sql) in COUNT_QUERIES.get(role, {}).items():
+        counts[name] = int(conn.execute(sa.text(sql)).scalar()) if inspector.has_table(table) else 0
+    return counts
+
+
+def mlflow_facts(conn: sa.Connection) -> dict[str, Any]:
+    """Alembic revision and champion (model, version) pairs of an MLflow DB."""
+    inspector = sa.inspect(conn)
+    revision = None
+    if inspector.has_table("alembic_version"):
+        revision = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+    champions = []
+    if inspector.has_table("registered_model_aliases"):
+        rows = conn.execute(
+            sa.text(
+                "SELECT name, version FROM registered_model_aliases WHERE alias = 'champion' "
+                "ORDER BY name"
+            )
+        )
+        champions = [{"model": r[0], "version": int(r[1])} for r in rows]
+    return {"alembic_revision": revision, "champions": champions}
+
+
+def dump_database(db: Database, folder: Path, pg_bin: Path | None = None) -> dict[str, Any]:
+    """Dump one database into `folder`; counts (and MLflow facts) read from the same snapshot."""
+    if not db.exists():
+        return {"absent": True, "kind": db.kind, "url": db.display}
+    if db.kind == "sqlite":
+        copy = folder / f"{db.role}.sqlite"
+        src = sqlite3.connect(f"file:{db.sqlite_path}?mode=ro", uri=True, timeout=60)
+        dst = sqlite3.connect(copy)
+        try:
+            src.backup(dst)  # one step: a consistent snapshot even while writers are busy
+        finally:
+            dst.close()
+            src.close()
+        engine = sa.create_engine(f"sqlite:///{copy}", poolclass=sa.NullPool)
+        with engine.connect() as conn:
+            facts = _facts(conn, db.role)
+        engine.dispose()
+        file = gzip_file(copy, folder / f"{db.role}.sqlite.gz")
+        copy.unlink()
+    else:
+        file = folder / f"{db.role}.pgdump"
+        conninfo, env = _libpq(db.url)
+        engine = sa.create_engine(db.url, poolclass=sa.NullPool)
+        try:
+            with engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
+                # pg_dump reads the snapshot this transaction exported, so the counts below
+                # describe exactly the rows in the dump.
+                snapshot = conn.execute(sa.text("SELECT pg_export_snapshot()")).scalar()
+                _run_pg(
+                    [pg_tool("pg_dump", pg_bin), "-Fc", "-Z", str(GZIP_LEVEL)]
+                    + [f"--snapshot={snapshot}", "-f", str(file), "-d", conninfo],
+                    env,
+                    f"pg_dump of the {db.role} database",
+                )
+                facts = _facts(conn, db.role)
+        finally:
+            engine.dispose()
+    return {"kind": db.kind, "url": db.display, "file": file.name, **facts}
+
+
+def _facts(conn: sa.Connection, role: str) -> dict[str, Any]:
+    facts: dict[str, Any] = {"counts": count_state(conn, role)}
+    if role == "mlflow":
+        facts.update(mlflow_facts(conn))
+    return facts
+
+
+def restore_database(db: Database, file: Path, kind: str, pg_bin: Path | None = None) -> None:
+    """Overwrite a database with a dump made by dump_database."""
+    if kind != db.kind:
+        raise InputError(
+            f"the backup holds a {kind} {db.role} database but the platform uses {db.kind}"
+        )
+    if db.kind == "sqlite":
+        target = db.sqlite_path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.restore.")
+        os.close(fd)
+        try:
+            gunzip_file(file, Path(tmp))
+            src = sqlite3.connect(tmp)
+            dst = sqlite3.connect(target, timeout=60)
+            try:
+                # Through SQLite rather than a file copy: open readers and WAL files stay valid.
+                src.backup(dst)
+            finally:
+                dst.close()
+                src.close()
+        finally:
+            os.unlink(tmp)
+        return
+    create_pg_database(db.url)
+    conninfo, env = _libpq(db.url)
+    _run_pg(
+        [pg_tool("pg_restore", pg_bin), "--clean", "--if-exists", "--no-owner", "--no-privileges"]
+        + ["--single-transaction", "--exit-on-error", "-d", conninfo, str(file)],
+        env,
+        f"pg_restore of the {db.role} database",
+    )
+
+
+def read_counts(db: Database) -> dict[str, Any]:
+    """Counts (and MLflow facts) of a live database."""
+    engine = sa.create_engine(db.url, poolclass=sa.NullPool)
+    try:
+        with engine.connect() as conn:
+            return _facts(conn, db.role)
+    finally:
+        engine.dispose()
+
+
+def rewrite_artifact_root(db: Database, old: str, new: str) -> int:
+    """Point the MLflow DB's artifact locations under `old` at `new`; rows changed."""
+    engine = sa.create_engine(db.url, poolclass=sa.NullPool)
+    changed = 0
+    try:
+        with engine.begin() as conn:
+            inspector = sa.inspect(conn)
+            for table, column in ARTIFACT_COLUMNS:
+                if not inspector.has_table(table):
+                    continue
+                if column not in {c["name"] for c in inspector.get_columns(table)}:
+                    continue
+                result = conn.execute(
+                    sa.text(
+                        f"UPDATE {table} SET {column} = :new || substr({column}, :n) "
+                        f"WHERE substr({column}, 1, :m) = :old"
+                    ),
+                    {"new": new, "old": old, "n": len(old) + 1, "m": len(old)},
+                )
+                changed += result.rowcount
+    finally:
+        engine.dispose()
+    return changed
+
+
+# MLflow schema ---------------------------------------------------------------------------------
+
+
+def mlflow_head_revision() -> str:
+    """The newest MLflow schema revision this installation knows."""
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    return _get_latest_schema_revision()
+
+
+def known_mlflow_revisions() -> set[str]:
+    """Every MLflow schema revision this installation can migrate from."""
+    from alembic.script import ScriptDirectory
+    from mlflow.store.db.utils import _get_alembic_config
+
+    script = ScriptDirectory.from_config(_get_alembic_config(db_url=""))
+    return {rev.revision for rev in script.walk_revisions()}
+
+
+def upgrade_mlflow_schema(url: str) -> None:
+    """What `mlflow db upgrade URL` does, in-process so the URL's password stays off argv."""
+    from mlflow.store.db.utils import _upgrade_db, create_sqlalchemy_engine_with_retry
+
+    engine = create_sqlalchemy_engine_with_retry(url)
+    try:
+        _upgrade_db(engine)
+    finally:
+        engine.dispose()
