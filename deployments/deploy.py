@@ -8,6 +8,7 @@ creates it and replaces it on every deploy.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -67,13 +68,7 @@ def missing_entrypoints(deployments: list[dict[str, Any]], root: Path) -> list[s
 
 def env_placeholders(value: Any) -> set[str]:
     """Names of the environment variables referenced as `{{ $NAME }}` anywhere in `value`."""
-    if isinstance(value, str):
-        return set(_ENV_PLACEHOLDER.findall(value))
-    if isinstance(value, dict):
-        return set().union(*(env_placeholders(v) for v in value.values())) if value else set()
-    if isinstance(value, list):
-        return set().union(*(env_placeholders(v) for v in value)) if value else set()
-    return set()
+    return set(_ENV_PLACEHOLDER.findall(json.dumps(value, default=str)))
 
 
 def deploy_environment(environ: dict[str, str]) -> dict[str, str]:
