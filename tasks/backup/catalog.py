@@ -9,13 +9,11 @@ from pynomaly.errors import InputError
 from tasks.backup.keys import BackupKey
 from tasks.backup.manifest import (
     MANIFEST,
-    MANIFEST_SUM,
-    SIGNATURE,
     backup_time,
     check_id,
     is_backup_id,
     parse_manifest,
-    signature_status,
+    signed_manifest,
 )
 from tasks.store import ArtifactStore
 
@@ -42,13 +40,7 @@ def inspect_backup(store: ArtifactStore, backup_id: str, key: BackupKey | None) 
     row |= {"created_at": backup_time(backup_id).isoformat(), "kind": None, "size_bytes": None}
     row |= {"counts": {}, "warnings": []}
     try:
-        body = store.get_bytes(f"{backup_id}/{MANIFEST}")
-        names = {k.rpartition("/")[2] for k in store.list(f"{backup_id}/")}
-        signature = store.get_bytes(f"{backup_id}/{SIGNATURE}") if SIGNATURE in names else None
-        legacy = None
-        if signature is None and MANIFEST_SUM in names:
-            legacy = store.get_bytes(f"{backup_id}/{MANIFEST_SUM}")
-        status, problem = signature_status(body, signature, key, legacy)
+        body, status, problem = signed_manifest(store, backup_id, key)
         if status in {"ok", "unchecked", "unsigned"}:
             try:
                 manifest = parse_manifest(body, backup_id)

@@ -86,12 +86,8 @@ class Database:
         """Whether the database is there (a dropped one is restored by creating it)."""
         if self.kind == "sqlite":
             return self.sqlite_path.exists()
-        name = sa.make_url(self.url).database
         with _pg_maintenance(self.url) as conn:
-            found = conn.execute(
-                sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}
-            ).first()
-        return found is not None
+            return _pg_exists(conn, self.url)
 
 
 # PostgreSQL ------------------------------------------------------------------------------------
@@ -152,14 +148,15 @@ def _pg_maintenance(url: str) -> Iterator[sa.Connection]:
 
 def create_pg_database(url: str) -> None:
     """Create the database of a URL if it is missing."""
-    name = sa.make_url(url).database
     with _pg_maintenance(url) as conn:
-        if conn.execute(
-            sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}
-        ).first():
-            return
-        quoted = conn.dialect.identifier_preparer.quote(name)
-        conn.execute(sa.text(f"CREATE DATABASE {quoted}"))
+        if not _pg_exists(conn, url):
+            quoted = conn.dialect.identifier_preparer.quote(sa.make_url(url).database)
+            conn.execute(sa.text(f"CREATE DATABASE {quoted}"))
+
+
+def _pg_exists(conn: sa.Connection, url: str) -> bool:
+    query = sa.text("SELECT 1 FROM pg_database WHERE datname = :n")
+    return conn.execute(query, {"n": sa.make_url(url).database}).first() is not None
 
 
 def drop_pg_database(url: str) -> None:

@@ -196,6 +196,22 @@ def parse_manifest(body: bytes, backup_id: str) -> dict[str, Any]:
     return manifest
 
 
+def signed_manifest(
+    store: ArtifactStore, backup_id: str, key: BackupKey | None
+) -> tuple[bytes, str, str | None]:
+    """A backup's manifest bytes and its signature's (status, problem), see signature_status."""
+    names = {k.rpartition("/")[2] for k in store.list(f"{backup_id}/")}
+    if MANIFEST not in names:
+        raise InputError(f"backup {backup_id} not found in {store.root} (or it is incomplete)")
+
+    def read(name: str) -> bytes | None:
+        return store.get_bytes(f"{backup_id}/{name}") if name in names else None
+
+    body, signature = store.get_bytes(f"{backup_id}/{MANIFEST}"), read(SIGNATURE)
+    legacy = read(MANIFEST_SUM) if signature is None else None
+    return body, *signature_status(body, signature, key, legacy)
+
+
 def read_manifest(
     store: ArtifactStore,
     backup_id: str,
@@ -208,15 +224,7 @@ def read_manifest(
     Refuses, before anything else of the backup is read: a missing or wrong signature, a
     signature no key here can check, and (unless `trust_unsigned`) an unsigned backup.
     """
-    check_id(backup_id)
-    key_ = f"{backup_id}/{MANIFEST}"
-    if not store.exists(key_):
-        raise InputError(f"backup {backup_id} not found in {store.root} (or it is incomplete)")
-    body = store.get_bytes(key_)
-    sig_key, sum_key = f"{backup_id}/{SIGNATURE}", f"{backup_id}/{MANIFEST_SUM}"
-    signature = store.get_bytes(sig_key) if store.exists(sig_key) else None
-    legacy = store.get_bytes(sum_key) if signature is None and store.exists(sum_key) else None
-    status, problem = signature_status(body, signature, key, legacy)
+    body, status, problem = signed_manifest(store, check_id(backup_id), key)
     if status == "unchecked":
         raise InputError(
             f"backup {backup_id} is signed but there is no backup key here: set {KEY_ENV} "

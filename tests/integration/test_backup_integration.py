@@ -154,8 +154,8 @@ def test_versioned_bucket_is_listed_and_restored_by_version(
     assert "artifacts.tar.gz" not in manifest["files"]
 
     # Overwrite one object, then delete everything (delete markers) and drop the databases.
-    store = ArtifactStore(platform.artifact_store, platform.s3_endpoint_url)
-    store.put_bytes("datasets/alpha/abc.parquet", b"changed after the backup")
+    artifacts = ArtifactStore(platform.artifact_store, platform.s3_endpoint_url)
+    artifacts.put_bytes("datasets/alpha/abc.parquet", b"changed after the backup")
     destroy(platform, pg_server)
     drill = backup.drill_restore(state, store, manifest["id"], key=key)  # reads old versions only
     assert drill["verification"]["champions_checked"] == 2
