@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import typer
 
-from deployments.cli import backup, deploy, metrics, pipeline, registry
+from deployments.cli import backup, deploy, metrics, pipeline, registry, services
 from deployments.cli.options import OneLineUsageErrors
-from deployments.services_cli import services_app
 
 app = typer.Typer(
     cls=OneLineUsageErrors,
@@ -21,7 +20,7 @@ app = typer.Typer(
 )
 for command in (pipeline.ingest, pipeline.train, pipeline.score, pipeline.pipeline, pipeline.demo):
     app.command()(command)
-app.add_typer(services_app, name="services", help="Local production services.")
+app.add_typer(services.services_app, name="services", help="Local production services.")
 app.add_typer(backup.backup_app, name="backup", help="Back up, verify, restore and prune.")
 app.add_typer(
     registry.registry_app, name="registry", help="Models: list, show, gate, promote, roll back."

@@ -1,7 +1,7 @@
 #!/bin/sh
 # One-shot job after the MLflow server is up: the MLflow users the platform logs in as, made
 # (or their passwords set again) through the server's auth REST API with the admin login, the
-# same way `pynomaly services up` makes them (deployments/services.py ensure_mlflow_user):
+# same way `pynomaly services up` makes them (deployments/local/servers.py ensure_mlflow_user):
 #   pynomaly          the worker and the CLI: EDIT on every experiment and registered model,
 #                     no user management (it is no admin)
 #   pynomaly-metrics  the exporter: READ, the server's default permission
@@ -25,7 +25,7 @@ import sys
 import time
 import urllib.request
 
-from deployments.services import ensure_mlflow_user
+from deployments.local.servers import ensure_mlflow_user
 
 url = os.environ["MLFLOW_SERVER_URL"].rstrip("/")
 # Kubernetes starts the job with the server: wait for it rather than fail and back off.

@@ -13,8 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from deployments import services
+import servers
 
 TEST_ACCESS_KEY = "testing"
 TEST_SECRET_KEY = "testing"
@@ -31,15 +30,15 @@ def services_root() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
-def pg_server(services_root: Path) -> Iterator[services.PostgresServer]:
+def pg_server(services_root: Path) -> Iterator[servers.PostgresServer]:
     """A throwaway PostgreSQL 15 server; `.create_database(name)` returns a SQLAlchemy URL."""
-    server = services.start_postgres(services_root / "postgres", fast=True)
+    server = servers.start_postgres(services_root / "postgres")
     yield server
     server.stop()
 
 
 @pytest.fixture
-def pg_url(pg_server: services.PostgresServer) -> Iterator[str]:
+def pg_url(pg_server: servers.PostgresServer) -> Iterator[str]:
     """SQLAlchemy URL (postgresql+psycopg2) of a new empty database, dropped after the test."""
     name = f"test_{uuid.uuid4().hex[:12]}"
     url = pg_server.create_database(name)
@@ -53,8 +52,8 @@ def s3_endpoint(services_root: Path) -> Iterator[str]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY)
         mp.setenv("AWS_SECRET_ACCESS_KEY", TEST_SECRET_KEY)
-        mp.setenv("AWS_DEFAULT_REGION", services.TEST_REGION)
-        server = services.start_moto(services_root)
+        mp.setenv("AWS_DEFAULT_REGION", servers.TEST_REGION)
+        server = servers.start_moto(services_root)
         try:
             yield server.url
         finally:
@@ -65,34 +64,32 @@ def s3_endpoint(services_root: Path) -> Iterator[str]:
 def s3_bucket(s3_endpoint: str) -> str:
     """Name of a fresh, empty bucket on the moto server."""
     name = f"test-{uuid.uuid4().hex[:12]}"
-    services.create_bucket(s3_endpoint, name, TEST_ACCESS_KEY, TEST_SECRET_KEY)
+    servers.create_bucket(s3_endpoint, name)
     return name
 
 
 @pytest.fixture(scope="session")
 def mlflow_server(
-    services_root: Path, pg_server: services.PostgresServer, s3_endpoint: str
+    services_root: Path, pg_server: servers.PostgresServer, s3_endpoint: str
 ) -> Iterator[str]:
     """Tracking URI of an MLflow server: PostgreSQL backend store, S3 artifacts it proxies."""
     backend = pg_server.create_database("mlflow")
-    services.create_bucket(s3_endpoint, "mlflow-artifacts", TEST_ACCESS_KEY, TEST_SECRET_KEY)
-    server = services.start_mlflow(
+    servers.create_bucket(s3_endpoint, "mlflow-artifacts")
+    server = servers.start_mlflow(
         services_root / "mlflow",
         backend_store_uri=backend,
         artifacts_destination="s3://mlflow-artifacts/mlflow",
         s3_endpoint_url=s3_endpoint,
-        aws_access_key_id=TEST_ACCESS_KEY,
-        aws_secret_access_key=TEST_SECRET_KEY,
     )
     yield server.url
     server.stop()
 
 
 @pytest.fixture(scope="session")
-def prefect_server(services_root: Path, pg_server: services.PostgresServer) -> Iterator[str]:
+def prefect_server(services_root: Path, pg_server: servers.PostgresServer) -> Iterator[str]:
     """API URL (http://127.0.0.1:PORT/api) of a Prefect server on PostgreSQL."""
     pg_server.create_database("prefect")
-    server = services.start_prefect(
+    server = servers.start_prefect(
         services_root / "prefect", pg_server.database_url("prefect", "postgresql+asyncpg")
     )
     yield server.url
@@ -112,7 +109,7 @@ def production_env(mlflow_server: str, pg_url: str, s3_endpoint: str, s3_bucket:
             "PYNOMALY_S3_ENDPOINT_URL": s3_endpoint,
             "AWS_ACCESS_KEY_ID": TEST_ACCESS_KEY,
             "AWS_SECRET_ACCESS_KEY": TEST_SECRET_KEY,
-            "AWS_DEFAULT_REGION": services.TEST_REGION,
+            "AWS_DEFAULT_REGION": servers.TEST_REGION,
         }
 
     return env

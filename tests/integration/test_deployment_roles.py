@@ -22,8 +22,9 @@ from pathlib import Path
 
 import psycopg2
 import pytest
+import servers
 
-from deployments import services
+from deployments.local.servers import MlflowAuth, new_secret
 
 pytestmark = pytest.mark.integration
 
@@ -49,23 +50,21 @@ CONNECTS = {
 
 
 @pytest.fixture
-def cluster(services_root: Path) -> Iterator[services.PostgresServer]:
+def cluster(services_root: Path) -> Iterator[servers.PostgresServer]:
     """A fresh PostgreSQL 15 cluster of its own: roles are cluster-wide, so the session's
     shared server (whose tests make databases named mlflow and prefect) stays untouched."""
-    server = services.start_postgres(services_root / f"roles-{uuid.uuid4().hex[:8]}", fast=True)
+    server = servers.start_postgres(services_root / f"roles-{uuid.uuid4().hex[:8]}")
     yield server
     server.stop()
 
 
 def role_passwords() -> dict[str, str]:
     # Quotes, dollars, backslashes and spaces: the script must pass them to SQL as data.
-    return {
-        var: f"{role}'s $HOME \\ {services.new_secret(9)}" for role, var in ROLE_PASSWORDS.items()
-    }
+    return {var: f"{role}'s $HOME \\ {new_secret(9)}" for role, var in ROLE_PASSWORDS.items()}
 
 
 def run_roles_script(
-    server: services.PostgresServer,
+    server: servers.PostgresServer,
     passwords: dict[str, str],
     admin: tuple[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
@@ -85,7 +84,7 @@ def run_roles_script(
     )
 
 
-def connect(server: services.PostgresServer, user: str, password: str, dbname: str):
+def connect(server: servers.PostgresServer, user: str, password: str, dbname: str):
     conn = psycopg2.connect(
         host="127.0.0.1", port=server.port, user=user, password=password, dbname=dbname
     )
@@ -93,24 +92,24 @@ def connect(server: services.PostgresServer, user: str, password: str, dbname: s
     return conn
 
 
-def sql(server: services.PostgresServer, user: str, password: str, db: str, query: str) -> list:
+def sql(server: servers.PostgresServer, user: str, password: str, db: str, query: str) -> list:
     with closing(connect(server, user, password, db)) as conn, conn.cursor() as cur:
         cur.execute(query)
         return cur.fetchall() if cur.description else []
 
 
-def superuser_sql(server: services.PostgresServer, db: str, query: str) -> list:
+def superuser_sql(server: servers.PostgresServer, db: str, query: str) -> list:
     return sql(server, server.user, server.password, db, query)
 
 
 @pytest.mark.parametrize("managed", [False, True], ids=["superuser", "managed-admin"])
 def test_roles_script_gives_each_component_its_database_and_nothing_more(
-    cluster: services.PostgresServer, managed: bool
+    cluster: servers.PostgresServer, managed: bool
 ) -> None:
     admin = None
     if managed:
         # A managed server's admin (RDS, Cloud SQL) is no superuser: CREATEROLE and CREATEDB.
-        admin = ("cloud_admin", services.new_secret())
+        admin = ("cloud_admin", new_secret())
         superuser_sql(
             cluster,
             "postgres",
@@ -190,16 +189,16 @@ def test_roles_script_gives_each_component_its_database_and_nothing_more(
         "DELETE FROM detection_results",
         "CREATE TABLE forged (id int)",
     ):
-        with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+        with pytest.raises(psycopg2.Error, match="permission denied"):
             run("pynomaly_metrics", "pynomaly_results", statement)
     # The results writer cannot touch MLflow's tables even if it were let in.
     superuser_sql(cluster, "mlflow", "GRANT CONNECT ON DATABASE mlflow TO pynomaly_results")
-    with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+    with pytest.raises(psycopg2.Error, match="permission denied"):
         run("pynomaly_results", "mlflow", "SELECT * FROM experiments")
     superuser_sql(cluster, "mlflow", "REVOKE CONNECT ON DATABASE mlflow FROM pynomaly_results")
 
     # Run again (an upgrade, a rotated password): idempotent, the new password counts.
-    rotated = {**passwords, "PG_RESULTS_PASSWORD": services.new_secret()}
+    rotated = {**passwords, "PG_RESULTS_PASSWORD": new_secret()}
     done = run_roles_script(cluster, rotated, admin)
     assert done.returncode == 0, done.stderr
     connect(cluster, "pynomaly_results", rotated["PG_RESULTS_PASSWORD"], "optuna").close()
@@ -216,7 +215,7 @@ def test_roles_script_gives_each_component_its_database_and_nothing_more(
 
 
 def test_roles_script_brings_an_older_volume_to_per_component_roles(
-    cluster: services.PostgresServer,
+    cluster: servers.PostgresServer,
 ) -> None:
     # What the earlier initdb (01-databases.sql) left: databases and tables of the superuser.
     for db in DATABASES:
@@ -225,7 +224,8 @@ def test_roles_script_brings_an_older_volume_to_per_component_roles(
         cluster,
         "pynomaly_results",
         "CREATE TABLE detection_results (id serial PRIMARY KEY, score float8);"
-        "INSERT INTO detection_results (score) VALUES (0.25)",
+        "INSERT INTO detection_results (score) VALUES (0.25);"
+        "CREATE SEQUENCE loose_seq; CREATE TYPE mood AS ENUM ('ok', 'bad')",
     )
     superuser_sql(cluster, "mlflow", "CREATE TABLE experiments (id int)")
     passwords = role_passwords()
@@ -239,7 +239,8 @@ def test_roles_script_brings_an_older_volume_to_per_component_roles(
         results_pw,
         "pynomaly_results",
         "INSERT INTO detection_results (score) VALUES (0.75); ALTER TABLE detection_results "
-        "ADD COLUMN model text",
+        "ADD COLUMN model text; SELECT nextval('loose_seq'); ALTER TYPE mood ADD VALUE 'meh';"
+        "CREATE TABLE later (x int); INSERT INTO later VALUES (7)",
     )
     rows = sql(
         cluster,
@@ -249,6 +250,10 @@ def test_roles_script_brings_an_older_volume_to_per_component_roles(
         "SELECT score FROM detection_results ORDER BY id",
     )
     assert rows == [(0.25,), (0.75,)]
+    # ... and what the writer makes later too, only reading it.
+    assert sql(cluster, "pynomaly_metrics", metrics_pw, "pynomaly_results", "TABLE later") == [(7,)]
+    with pytest.raises(psycopg2.Error, match="permission denied"):
+        sql(cluster, "pynomaly_metrics", metrics_pw, "pynomaly_results", "DELETE FROM later")
     mlflow_pw = passwords["PG_MLFLOW_PASSWORD"]
     sql(cluster, "pynomaly_mlflow", mlflow_pw, "mlflow", "DROP TABLE experiments")
     with pytest.raises(psycopg2.OperationalError, match="permission denied"):
@@ -263,7 +268,7 @@ def test_roles_script_brings_an_older_volume_to_per_component_roles(
     ],
 )
 def test_roles_script_refuses_placeholders_before_touching_the_server(
-    cluster: services.PostgresServer, variable: str, value: str, says: str
+    cluster: servers.PostgresServer, variable: str, value: str, says: str
 ) -> None:
     done = run_roles_script(cluster, {**role_passwords(), variable: value})
     assert done.returncode == 2
@@ -299,15 +304,15 @@ def mlflow_request(
 @pytest.fixture
 def auth_mlflow(tmp_path: Path) -> Iterator[tuple[str, str]]:
     """(URL, admin password) of an MLflow server with basic auth, as mlflow-server.sh runs it."""
-    admin_password = services.new_secret()
-    server = services.start_mlflow(
+    admin_password = new_secret()
+    server = servers.start_mlflow(
         tmp_path / "mlflow",
         backend_store_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
         artifacts_destination=str(tmp_path / "artifacts"),
-        auth=services.MlflowAuth(
+        auth=MlflowAuth(
             admin_password=admin_password,
             database_uri=f"sqlite:///{tmp_path / 'auth.db'}",
-            secret_key=services.new_secret(),
+            secret_key=new_secret(),
         ),
     )
     yield server.url, admin_password
@@ -334,8 +339,8 @@ def test_mlflow_users_job_gives_the_worker_edit_rights_and_no_admin(
     env = {
         "MLFLOW_SERVER_URL": url,
         "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,
-        "MLFLOW_PLATFORM_PASSWORD": services.new_secret(),
-        "MLFLOW_METRICS_PASSWORD": services.new_secret(),
+        "MLFLOW_PLATFORM_PASSWORD": new_secret(),
+        "MLFLOW_METRICS_PASSWORD": new_secret(),
     }
     # A placeholder is refused before the server is asked anything.
     done = run_users_script({**env, "MLFLOW_PLATFORM_PASSWORD": "change-me"})

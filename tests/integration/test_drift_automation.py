@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import servers
 
-from deployments import deploy, services
+from deployments import deploy
 
 pytestmark = pytest.mark.integration
 
@@ -77,7 +78,7 @@ def test_drift_event_runs_the_retrain_deployment(
         retrain_id = deployed["deployments"][0]["id"]
 
         assert train_detector(train, model, detector="iforest")["version"] == 1
-        worker = services.start_prefect_worker(
+        worker = servers.start_prefect_worker(
             work, prefect_server, deploy.WORK_POOL, extra_env=platform_env, query_seconds=2
         )
         try:
@@ -111,7 +112,7 @@ def test_drift_event_runs_the_retrain_deployment(
     (run,) = runs
     assert run.state is not None and run.state.type == StateType.COMPLETED, (
         f"retrain run ended {run.state!r} after {seconds:.0f} s; worker log:\n"
-        f"{services.log_tail(worker.log_path, 60)}"
+        f"{servers.log_tail(worker.log, 60)}"
     )
     assert run.parameters == {"model": model, "trigger": "drift"}
     print(f"drift event -> completed retrain in {seconds:.1f} s")

@@ -27,7 +27,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from deployments.services import free_port
+from deployments.local.servers import free_port
 from tasks.results import replace_batch, results_engine
 
 pytestmark = pytest.mark.integration

@@ -9,9 +9,11 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
+import servers
 
-from deployments import services
+from deployments.local.servers import http_ok
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +36,7 @@ def test_postgres_round_trip(pg_url: str) -> None:
     assert [tuple(r) for r in rows] == [("a", 0.5), ("b", 1.5)]
 
 
-def test_each_pg_url_is_a_new_empty_database(pg_server: services.PostgresServer) -> None:
+def test_each_pg_url_is_a_new_empty_database(pg_server: servers.PostgresServer) -> None:
     import sqlalchemy as sa
 
     url = pg_server.create_database("fresh_db_check")
@@ -48,81 +50,6 @@ def test_each_pg_url_is_a_new_empty_database(pg_server: services.PostgresServer)
         assert tables == 0
     finally:
         pg_server.drop_database("fresh_db_check")
-
-
-def test_component_roles_own_only_their_database(pg_server: services.PostgresServer) -> None:
-    """A database made by the superuser moves to its component's role with its tables; roles
-    are no superusers and reach no other component's database; the reader only reads."""
-    import psycopg2
-    import sqlalchemy as sa
-
-    pg_server.create_database("roles_own")  # as before roles existed: the superuser owns it
-    legacy = sa.create_engine(pg_server.database_url("roles_own"))
-    with legacy.begin() as conn:
-        conn.execute(sa.text("CREATE TABLE rows (id serial PRIMARY KEY, v int)"))
-        conn.execute(sa.text("CREATE SEQUENCE loose_seq"))
-        conn.execute(sa.text("CREATE TYPE mood AS ENUM ('ok', 'bad')"))
-        conn.execute(sa.text("INSERT INTO rows (v) VALUES (1)"))
-    legacy.dispose()
-    pg_server.create_database("roles_other")
-    try:
-        pg_server.ensure_role("roles_writer", "writer-pw", createdb=True)
-        pg_server.ensure_role("roles_reader", "reader-pw")
-        pg_server.ensure_role("roles_writer", "writer-pw2", createdb=True)  # again: new password
-        pg_server.ensure_database("roles_own", owner="roles_writer")
-        pg_server.ensure_database("roles_other", owner="roles_reader")
-        pg_server.grant_read_only("roles_own", reader="roles_reader", writer="roles_writer")
-
-        writer = sa.create_engine(
-            pg_server.database_url("roles_own", login=("roles_writer", "writer-pw2"))
-        )
-        with writer.begin() as conn:
-            conn.execute(sa.text("INSERT INTO rows (v) VALUES (2)"))  # its serial sequence moved
-            conn.execute(sa.text("SELECT nextval('loose_seq')"))
-            conn.execute(sa.text("ALTER TYPE mood ADD VALUE 'meh'"))
-            conn.execute(sa.text("ALTER TABLE rows ADD COLUMN note text"))  # owner: migrations
-            conn.execute(sa.text("CREATE TABLE later (x int)"))
-            conn.execute(sa.text("INSERT INTO later VALUES (7)"))
-        writer.dispose()
-
-        reader = sa.create_engine(
-            pg_server.database_url("roles_own", login=("roles_reader", "reader-pw"))
-        )
-        with reader.connect() as conn:
-            assert conn.execute(sa.text("SELECT sum(v) FROM rows")).scalar() == 3
-            assert conn.execute(sa.text("SELECT x FROM later")).scalar() == 7  # made later
-        with (
-            pytest.raises(sa.exc.ProgrammingError, match="permission denied"),
-            reader.begin() as conn,
-        ):
-            conn.execute(sa.text("INSERT INTO rows (v) VALUES (3)"))
-        reader.dispose()
-
-        # The writer reaches neither another component's database nor the superuser's powers.
-        with pytest.raises(psycopg2.OperationalError, match="permission denied"):
-            psycopg2.connect(
-                host=services.HOST,
-                port=pg_server.port,
-                user="roles_writer",
-                password="writer-pw2",
-                dbname="roles_other",
-            ).close()
-        admin = sa.create_engine(pg_server.database_url())
-        with admin.connect() as conn:
-            rows = conn.execute(
-                sa.text(
-                    "SELECT rolname, rolsuper, rolcreaterole, rolcreatedb FROM pg_roles "
-                    "WHERE rolname LIKE 'roles_%' ORDER BY rolname"
-                )
-            ).all()
-        admin.dispose()
-        assert [tuple(r) for r in rows] == [
-            ("roles_reader", False, False, False),
-            ("roles_writer", False, False, True),
-        ]
-    finally:
-        pg_server.drop_database("roles_own")
-        pg_server.drop_database("roles_other")
 
 
 def test_s3_put_and_get(s3_endpoint: str, s3_bucket: str) -> None:
@@ -139,7 +66,7 @@ def test_s3_put_and_get(s3_endpoint: str, s3_bucket: str) -> None:
 def test_versioned_bucket(s3_endpoint: str) -> None:
     import boto3
 
-    services.create_bucket(s3_endpoint, "versioned-check", "testing", "testing", versioned=True)
+    servers.create_bucket(s3_endpoint, "versioned-check", versioned=True)
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)
     assert s3.get_bucket_versioning(Bucket="versioned-check")["Status"] == "Enabled"
 
@@ -153,7 +80,7 @@ def test_mlflow_run_artifact_and_alias_without_client_s3_credentials(
     for name in list(os.environ):
         if name.startswith("AWS_") or name == "MLFLOW_S3_ENDPOINT_URL":
             monkeypatch.delenv(name)
-    assert services.http_ok(f"{mlflow_server}/health")
+    assert http_ok(f"{mlflow_server}/health")
     client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
     experiment_id = client.create_experiment("services-check")
     run = client.create_run(experiment_id)
@@ -196,7 +123,7 @@ print("RESULT", state.result(), state.state_details.flow_run_id)
 
 
 def test_prefect_server_runs_a_flow(prefect_server: str, tmp_path: Path) -> None:
-    assert services.http_ok(f"{prefect_server}/health")
+    assert http_ok(f"{prefect_server}/health")
     # A subprocess, so this session's own Prefect settings (test harness, profile) stay as they are.
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env |= {
@@ -222,9 +149,9 @@ def test_prefect_server_runs_a_flow(prefect_server: str, tmp_path: Path) -> None
 
 
 def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    """Run `python -m deployments.services_cli ...` as a separate process, like a user would."""
+    """Run `python -m deployments.cli services ...` as a separate process, like a user would."""
     return subprocess.run(
-        [sys.executable, "-m", "deployments.services_cli", *args],
+        [sys.executable, "-m", "deployments.cli", "services", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -337,7 +264,13 @@ def test_services_up_deploy_trigger_browse_down() -> None:
             names, "started"
         )
 
-        for name in ("secrets.env", "pynomaly.env", "metrics.env", "state.json"):
+        for name in (
+            "secrets.env",
+            "pynomaly.env",
+            "metrics.env",
+            "state.json",
+            "supervisord.conf",
+        ):
             assert (folder / name).stat().st_mode & 0o777 == 0o600, name
         artifacts = folder / "artifacts"
         assert report["artifact_root"] == str(artifacts)
@@ -363,6 +296,12 @@ def test_services_up_deploy_trigger_browse_down() -> None:
         health = json.loads(status.stdout)
         assert health["healthy"] is True
         assert all(health["services"][n]["healthy"] for n in names)
+        # `up` over the running stack starts nothing.
+        reused = _cli(["up", "--dir", str(folder), "--json"], env)
+        assert reused.returncode == 0, reused.stdout + reused.stderr
+        statuses = {n: r["status"] for n, r in json.loads(reused.stdout)["services"].items()}
+        assert statuses == dict.fromkeys(names, "already running")
+        assert (folder / "supervisor.sock").stat().st_mode & 0o777 == 0o700
         worker_environ = Path(f"/proc/{health['services']['prefect-worker']['pid']}/environ")
         worker_env = worker_environ.read_bytes().decode(errors="replace")
         assert "MLFLOW_TRACKING_PASSWORD=" + client["MLFLOW_TRACKING_PASSWORD"] in worker_env
@@ -376,9 +315,14 @@ def test_services_up_deploy_trigger_browse_down() -> None:
         assert _get_status(search) == 401
         assert _get_status(search, login) == 200
         # The platform's login is no admin: it cannot manage users; the admin can.
-        body = {"username": "intruder", "password": "intruder-password-1"}
-        code, _ = services._mlflow_call(mlflow_url, "/api/2.0/mlflow/users/create", body, login)
-        assert code == 403
+        from mlflow.exceptions import MlflowException
+        from mlflow.server.auth.client import AuthServiceClient
+
+        with pytest.MonkeyPatch.context() as mp, pytest.raises(MlflowException) as refused:
+            mp.setenv("MLFLOW_TRACKING_USERNAME", login[0])
+            mp.setenv("MLFLOW_TRACKING_PASSWORD", login[1])
+            AuthServiceClient(mlflow_url).create_user("intruder", "intruder-password-1")
+        assert refused.value.error_code == "PERMISSION_DENIED"
         assert (
             _get_status(
                 f"{mlflow_url}/api/2.0/mlflow/users/get?username=pynomaly",
@@ -571,7 +515,8 @@ def test_services_up_deploy_trigger_browse_down() -> None:
             "stopped": names[::-1],
             "remaining": {},
         }
-        assert {n: services.group_pids(p) for n, p in pids.items()} == dict.fromkeys(names, [])
+        assert [n for n, p in pids.items() if psutil.pid_exists(p)] == []
+        assert not (folder / "supervisor.sock").exists()
 
         # Secrets stay in the 0600 files: none of them was printed.
         printed = up.stdout + up.stderr + again.stdout + status.stdout + down.stdout

@@ -22,10 +22,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import servers
 import sqlalchemy as sa
 from secret_scan import scan
-
-from deployments import services
 
 pytestmark = pytest.mark.integration
 
@@ -82,7 +81,7 @@ def save_secret_block(home: Path, name: str, value: str) -> None:
 
 @pytest.mark.parametrize("reference", ["env", "secret"])
 def test_password_of_a_source_is_nowhere_in_what_a_run_wrote(
-    reference: str, pg_server: services.PostgresServer, pg_url: str, tmp_path: Path
+    reference: str, pg_server: servers.PostgresServer, pg_url: str, tmp_path: Path
 ) -> None:
     token = secrets.token_hex(16)
     role = f"reader_{uuid.uuid4().hex[:10]}"

@@ -9,8 +9,9 @@ import uuid
 from pathlib import Path
 
 import pytest
+import servers
 
-from deployments import deploy, services
+from deployments import deploy
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +46,7 @@ def test_triggered_pipeline_run_registers_and_scores(
         assert deployed["deployments"][0]["work_pool"] == deploy.WORK_POOL
 
         # The worker's flow runs get the platform's settings from its environment only
-        worker = services.start_prefect_worker(
+        worker = servers.start_prefect_worker(
             work,
             prefect_server,
             deploy.WORK_POOL,
@@ -74,7 +75,7 @@ def test_triggered_pipeline_run_registers_and_scores(
         state = flow_run.state
         assert state is not None and state.type == StateType.COMPLETED, (
             f"flow run ended {state!r} after {seconds:.0f} s; worker log:\n"
-            f"{services.log_tail(worker.log_path, 60)}"
+            f"{servers.log_tail(worker.log, 60)}"
         )
         assert flow_run.work_pool_name == deploy.WORK_POOL
         assert flow_run.parameters["time_budget_s"] == 5.0

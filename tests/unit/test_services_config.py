@@ -1,4 +1,4 @@
-"""The services launcher's pure parts: ports, secrets, env files, process-group bookkeeping."""
+"""`pynomaly services`: ports, secrets, env files, the supervisord config and control."""
 
 from __future__ import annotations
 
@@ -6,27 +6,30 @@ import json
 import os
 import socket
 import subprocess
-import time
 from pathlib import Path
 
+import psutil
 import pytest
 from typer.testing import CliRunner
 
-from deployments import services, services_cli
+from deployments.cli.services import services_app
+from deployments.local import servers, stack, supervisor
+from deployments.local.servers import Program, ServiceError
+from pynomaly.settings import Settings
 from tasks.store import ArtifactStore
 
 
 def test_free_port_prefers_the_given_port_only_when_free() -> None:
-    port = services.free_port()
-    assert services.free_port(port) == port
+    port = servers.free_port()
+    assert servers.free_port(port) == port
     with socket.socket() as taken:
-        taken.bind((services.HOST, port))
+        taken.bind((servers.HOST, port))
         taken.listen()
-        assert services.free_port(port) != port
+        assert servers.free_port(port) != port
 
 
 def test_secrets_are_random_and_url_safe() -> None:
-    values = {services.new_secret() for _ in range(20)}
+    values = {servers.new_secret() for _ in range(20)}
     assert len(values) == 20
     assert all(v.replace("-", "").replace("_", "").isalnum() for v in values)
 
@@ -34,7 +37,7 @@ def test_secrets_are_random_and_url_safe() -> None:
 def test_write_private_is_0600_whatever_the_umask(tmp_path: Path) -> None:
     old = os.umask(0)
     try:
-        services.write_private(tmp_path / "s.env", "A=1\n")
+        servers.write_private(tmp_path / "s.env", "A=1\n")
     finally:
         os.umask(old)
     assert (tmp_path / "s.env").stat().st_mode & 0o777 == 0o600
@@ -47,55 +50,69 @@ def test_write_private_never_writes_into_a_readable_file(tmp_path: Path) -> None
     path.write_text("old\n")
     path.chmod(0o644)
     with open(path) as reader:
-        services.write_private(path, "SECRET=1\n")
+        servers.write_private(path, "SECRET=1\n")
         assert reader.read() == "old\n"
     assert path.read_text() == "SECRET=1\n"
     assert path.stat().st_mode & 0o777 == 0o600
     assert [p.name for p in tmp_path.iterdir()] == ["s.env"]  # no temporary file left
 
 
-def test_stop_group_stops_children_even_in_their_own_session(tmp_path: Path) -> None:
-    # `setsid` puts the grandchild in another process group, as PostgreSQL does with backends.
-    proc = services._spawn(
-        ["sh", "-c", "sleep 300 & setsid sleep 300 & wait"], tmp_path / "log", env=os.environ
-    )
-    deadline = time.monotonic() + 5
-    while len(services.group_pids(proc.pid)) < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert len(services.group_pids(proc.pid)) == 3
-    services.stop_group(proc.pid, timeout=5, proc=proc)
-    assert services.group_pids(proc.pid) == []
-    assert not services.pid_alive(proc.pid)
+def _sleeper(tmp_path: Path, command: str) -> Program:
+    return Program("sleeper", ["sh", "-c", command], tmp_path, "", 0, {"WHO": "sleeper"})
 
 
-def test_wait_until_raises_with_the_log_tail(tmp_path: Path) -> None:
-    log = tmp_path / "svc.log"
-    proc = services._spawn(["sh", "-c", "echo boom-reason; exit 3"], log, env=os.environ)
-    with pytest.raises(services.ServiceError, match="boom-reason"):
-        services._wait_until("svc", lambda: False, proc, log, timeout=10)
+def test_supervisord_runs_the_programs_and_shutdown_leaves_nothing(tmp_path: Path) -> None:
+    conf = supervisor.write_config(tmp_path, [_sleeper(tmp_path, "sleep 300 & sleep 300")])
+    assert conf.stat().st_mode & 0o777 == 0o600
+    supervisor.start_supervisord(tmp_path, dict(os.environ))
+    try:
+        assert (tmp_path / supervisor.SOCKET).stat().st_mode & 0o777 == 0o700
+        assert supervisor.programs(tmp_path)["sleeper"]["statename"] == "STOPPED"
+        supervisor.start_program(tmp_path, "sleeper", lambda: True, timeout=10)
+        info = supervisor.programs(tmp_path)["sleeper"]
+        assert info["statename"] == "RUNNING"
+        leader = psutil.Process(info["pid"])
+        assert "WHO=sleeper" in Path(f"/proc/{leader.pid}/environ").read_text()
+        tree = [leader, *leader.children(recursive=True)]
+    finally:
+        left = supervisor.shutdown(tmp_path)
+    assert left == {}
+    assert not [p for p in tree if p.is_running()]
+    assert supervisor.programs(tmp_path) == {}
+
+
+def test_a_program_that_exits_is_named_with_its_log(tmp_path: Path) -> None:
+    supervisor.write_config(tmp_path, [_sleeper(tmp_path, "echo boom-reason; exit 3")])
+    supervisor.start_supervisord(tmp_path, dict(os.environ))
+    try:
+        with pytest.raises(ServiceError, match="boom-reason"):
+            supervisor.start_program(tmp_path, "sleeper", lambda: False, timeout=20)
+    finally:
+        supervisor.shutdown(tmp_path)
 
 
 def test_secrets_file_is_generated_once_and_private(tmp_path: Path) -> None:
-    layout = services_cli.Layout(tmp_path)
-    first = services_cli._load_secrets(layout)
-    assert set(first) == set(services_cli.SECRET_NAMES)
+    layout = stack.Layout(tmp_path)
+    first = stack.load_secrets(layout)
+    assert set(first) == set(stack.SECRET_NAMES)
     assert first["PREFECT_AUTH_STRING"].startswith("pynomaly:")
     assert layout.secrets.stat().st_mode & 0o777 == 0o600
-    assert services_cli._load_secrets(layout) == first
+    assert stack.load_secrets(layout) == first
 
 
 def test_client_env_points_everything_at_the_local_services() -> None:
     state = {
-        "services": {
-            "postgres": {"port": 5433, "url": "postgresql://127.0.0.1:5433/"},
-            "mlflow": {"url": "http://127.0.0.1:5000"},
-            "prefect": {"url": "http://127.0.0.1:4200/api"},
+        "ports": {"postgres": 5433, "mlflow": 5000, "prefect": 4200},
+        "urls": {
+            "postgres": "postgresql://127.0.0.1:5433/",
+            "mlflow": "http://127.0.0.1:5000",
+            "prefect": "http://127.0.0.1:4200/api",
         },
         "external": {},
         "artifacts": "/srv/pynomaly/services/artifacts",
     }
-    secrets = {name: name.lower() for name in services_cli.SECRET_NAMES}
-    env = services_cli._client_env(state, secrets)
+    secrets = {name: name.lower() for name in stack.SECRET_NAMES}
+    env = stack.client_env(state, secrets)
     # Each client gets its component's role and a non-admin MLflow login, never the superuser
     # or the admin.
     assert env["PYNOMALY_RESULTS_DB_URL"] == (
@@ -115,7 +132,7 @@ def test_client_env_points_everything_at_the_local_services() -> None:
     # Artifacts in a local folder: no S3 endpoint and no S3 keys.
     assert not [k for k in env if k.startswith("AWS_") or "S3" in k]
 
-    metrics = services_cli._metrics_env(state, secrets)
+    metrics = stack.metrics_env(state, secrets)
     assert metrics["PYNOMALY_RESULTS_DB_URL"] == (
         "postgresql+psycopg2://pynomaly_metrics:pg_metrics_password@127.0.0.1:5433/pynomaly_results"
     )
@@ -125,11 +142,12 @@ def test_client_env_points_everything_at_the_local_services() -> None:
 
 def test_client_env_with_an_operator_named_s3_endpoint() -> None:
     state = {
-        "services": {"mlflow": {"url": "http://127.0.0.1:5000"}},
+        "ports": {"mlflow": 5000},
+        "urls": {"mlflow": "http://127.0.0.1:5000"},
         "external": {"s3": "http://minio:9000"},
         "artifacts": "s3://bucket/prefix",
     }
-    env = services_cli._client_env(state, dict.fromkeys(services_cli.SECRET_NAMES, "x"))
+    env = stack.client_env(state, dict.fromkeys(stack.SECRET_NAMES, "x"))
     assert env["PYNOMALY_ARTIFACT_ROOT"] == "s3://bucket/prefix"
     assert env["PYNOMALY_S3_ENDPOINT_URL"] == "http://minio:9000"
 
@@ -137,52 +155,40 @@ def test_client_env_with_an_operator_named_s3_endpoint() -> None:
 def test_artifacts_go_to_a_folder_unless_the_operator_names_s3(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    layout = services_cli.Layout(tmp_path)
-    state = {"services": {}, "external": {}}
+    layout = stack.Layout(tmp_path)
+    state = {"ports": {}, "urls": {}, "external": {}}
     for name in ("PYNOMALY_ARTIFACT_ROOT", "PYNOMALY_S3_ENDPOINT_URL"):
         monkeypatch.delenv(name, raising=False)
-    assert services_cli._artifact_root(layout, state) == str(tmp_path / "artifacts")
+    assert stack.artifact_root(layout, state, Settings()) == str(tmp_path / "artifacts")
     # A sourced pynomaly.env names the same folder: still the folder.
     monkeypatch.setenv("PYNOMALY_ARTIFACT_ROOT", str(tmp_path / "artifacts"))
-    assert services_cli._artifact_root(layout, state) == str(tmp_path / "artifacts")
+    assert stack.artifact_root(layout, state, Settings()) == str(tmp_path / "artifacts")
     monkeypatch.setenv("PYNOMALY_S3_ENDPOINT_URL", "http://minio:9000")
-    assert services_cli._artifact_root(layout, state) == "s3://pynomaly/artifacts"
+    assert stack.artifact_root(layout, state, Settings()) == "s3://pynomaly/artifacts"
     monkeypatch.setenv("PYNOMALY_ARTIFACT_ROOT", "s3://my-bucket/pynomaly/")
-    assert services_cli._artifact_root(layout, state) == "s3://my-bucket/pynomaly"
+    assert stack.artifact_root(layout, state, Settings()) == "s3://my-bucket/pynomaly"
     # AWS: a bucket and no endpoint.
     monkeypatch.delenv("PYNOMALY_S3_ENDPOINT_URL")
-    assert services_cli._artifact_root(layout, state) == "s3://my-bucket/pynomaly"
+    assert stack.artifact_root(layout, state, Settings()) == "s3://my-bucket/pynomaly"
 
 
 def test_external_urls_are_not_ours(monkeypatch: pytest.MonkeyPatch) -> None:
-    state = {"services": {"mlflow": {"url": "http://127.0.0.1:5000"}}, "external": {}}
+    state = {"ports": {}, "urls": {"mlflow": "http://127.0.0.1:5000"}, "external": {}}
     monkeypatch.delenv("PYNOMALY_S3_ENDPOINT_URL", raising=False)
-    assert services_cli._external("s3", state) is None
+    assert stack.external("s3", state, Settings()) is None
     monkeypatch.setenv("PYNOMALY_S3_ENDPOINT_URL", "http://minio:9000")
-    assert services_cli._external("s3", state) == "http://minio:9000"
+    assert stack.external("s3", state, Settings()) == "http://minio:9000"
     # A sourced pynomaly.env points at our own server: that is not external.
     monkeypatch.setenv("PYNOMALY_TRACKING_URI", "http://127.0.0.1:5000")
-    assert services_cli._external("mlflow", state) is None
-
-
-def test_a_reused_pid_is_not_taken_for_a_recorded_service() -> None:
-    proc = subprocess.Popen(["sleep", "30"])
-    try:
-        entry = {"pid": proc.pid, "start_time": services.start_time(proc.pid)}
-        assert services_cli._recorded_alive(entry)
-        assert not services_cli._recorded_alive(entry | {"start_time": 1})
-    finally:
-        proc.kill()
-        proc.wait()
-    assert not services_cli._recorded_alive(entry)
+    assert stack.external("mlflow", state, Settings()) is None
 
 
 def test_status_and_down_with_nothing_started(tmp_path: Path) -> None:
     runner = CliRunner()
-    status = runner.invoke(services_cli.services_app, ["status", "--dir", str(tmp_path), "--json"])
+    status = runner.invoke(services_app, ["status", "--dir", str(tmp_path), "--json"])
     assert status.exit_code == 0
     assert json.loads(status.stdout) == {"dir": str(tmp_path), "healthy": True, "services": {}}
-    down = runner.invoke(services_cli.services_app, ["down", "--dir", str(tmp_path)])
+    down = runner.invoke(services_app, ["down", "--dir", str(tmp_path)])
     assert down.exit_code == 0
     assert "nothing was running" in down.stdout
 
@@ -199,7 +205,7 @@ def test_up_refuses_change_me_in_the_environment_before_writing_anything(
 ) -> None:
     folder = tmp_path / "services"
     result = CliRunner().invoke(
-        services_cli.services_app,
+        services_app,
         ["up", "--dir", str(folder)],
         env={"MLFLOW_ADMIN_PASSWORD": "change-me"},
     )
@@ -208,12 +214,12 @@ def test_up_refuses_change_me_in_the_environment_before_writing_anything(
 
 
 def test_up_refuses_change_me_in_the_secrets_file(tmp_path: Path) -> None:
-    layout = services_cli.Layout(tmp_path)
-    services_cli._load_secrets(layout)
+    layout = stack.Layout(tmp_path)
+    stack.load_secrets(layout)
     text = layout.secrets.read_text() + "PG_RESULTS_PASSWORD=change-me\n"
-    services.write_private(layout.secrets, text)
+    servers.write_private(layout.secrets, text)
     before = sorted(p.name for p in tmp_path.iterdir())
-    result = CliRunner().invoke(services_cli.services_app, ["up", "--dir", str(tmp_path)])
+    result = CliRunner().invoke(services_app, ["up", "--dir", str(tmp_path)])
     _refused(result, "PG_RESULTS_PASSWORD")
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Databases of the platform and one PostgreSQL role per component, none a superuser (the same
-# rules as `pynomaly services up`, deployments/services_cli.py PG_ROLES):
+# rules as `pynomaly services up`, deployments/local/stack.py PG_ROLES):
 #   pynomaly_mlflow       owns mlflow (MLflow's tracking server; the worker's backups dump it)
 #   pynomaly_mlflow_auth  owns mlflow_auth (MLflow's users and permissions)
 #   pynomaly_prefect      owns prefect (the Prefect server)
@@ -87,7 +87,8 @@ REVOKE ALL ON DATABASE mlflow, mlflow_auth, prefect, pynomaly_results, optuna FR
 GRANT CONNECT ON DATABASE pynomaly_results TO pynomaly_metrics;
 SQL
 
-# Inside each database: tables an earlier version made as the superuser move to the owner;
+# Inside each database: tables, sequences and enum or domain types an earlier version made as
+# the superuser move to the owner;
 # the public schema (owned by pg_database_owner on PostgreSQL 15) is then the owner's alone.
 reown() {  # reown DATABASE ROLE
     psql -v ON_ERROR_STOP=1 --no-psqlrc --quiet --dbname "$1" -v owner="$2" <<'SQL'
@@ -97,6 +98,11 @@ SELECT format('ALTER %s %s OWNER TO %I',
   WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
     AND pg_get_userbyid(c.relowner) <> :'owner'
     AND NOT EXISTS (SELECT FROM pg_depend d WHERE d.objid = c.oid AND d.deptype IN ('a', 'i'))
+  \gexec
+SELECT format('ALTER TYPE %s OWNER TO %I', t.oid::regtype, :'owner')
+  FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+  WHERE n.nspname = 'public' AND t.typtype IN ('e', 'd')
+    AND pg_get_userbyid(t.typowner) <> :'owner'
   \gexec
 SQL
 }

@@ -1,0 +1,112 @@
+"""`pynomaly services up|status|down`: PostgreSQL, MLflow and Prefect on this machine, run by
+supervisord (deployments/local)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from deployments.cli.output import err, quiet_libraries, say
+
+services_app = typer.Typer(
+    help="Start, stop and check local PostgreSQL, MLflow and Prefect servers.",
+    no_args_is_help=True,
+)
+DirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--dir", help="Folder for service state and logs [default: $PYNOMALY_HOME/services]."
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+
+
+def _layout(folder: Path | None):
+    from deployments.local.stack import Layout
+    from pynomaly.settings import Settings
+
+    return Layout(folder or Settings().home_dir / "services")
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    err.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+@services_app.command()
+def up(folder: DirOption = None, as_json: JsonOption = False) -> None:
+    """Start the services that are not running yet and write DIR/pynomaly.env."""
+    from deployments.local import stack
+    from deployments.local.servers import ServiceError
+    from pynomaly.errors import InputError
+    from pynomaly.settings import Settings
+
+    quiet_libraries()
+    began = time.monotonic()
+    layout = _layout(folder)
+    report: dict[str, dict[str, Any]] = {}
+
+    def note(name: str, entry: dict[str, Any]) -> None:
+        report[name] = entry
+        if not as_json:
+            took = f" in {entry['startup_seconds']:.1f} s" if "startup_seconds" in entry else ""
+            say(f"{name:<15} {entry['status']}{took}  {entry['url'] or ''}")
+
+    try:
+        stack.refuse_to_start(layout)
+        result = stack.up(layout, Settings(), note)
+    except (ServiceError, InputError) as exc:
+        if as_json:
+            say(json.dumps({"dir": str(layout.root), "error": str(exc), "services": report}))
+        code = 2 if isinstance(exc, InputError) else 1
+        if code == 2:
+            raise _fail(str(exc), 2) from None
+        raise _fail(
+            f"{exc}\n(services started so far keep running; stop them with "
+            f"`pynomaly services down --dir {layout.root}`)",
+            1,
+        ) from None
+    if as_json:
+        say(json.dumps(result))
+    else:
+        say(f"\nready in {time.monotonic() - began:.1f} s; to use these services:")
+        say(f"source {result['env_file']}")
+
+
+@services_app.command()
+def status(folder: DirOption = None, as_json: JsonOption = False) -> None:
+    """Show each service's URL and health; exit code 1 when one of ours is unhealthy."""
+    from deployments.local import stack
+
+    result = stack.status(_layout(folder))
+    if as_json:
+        say(json.dumps(result))
+    elif not result["services"]:
+        say(f"no services running in {result['dir']} (start them with `pynomaly services up`)")
+    for name, r in result["services"].items() if not as_json else ():
+        word = "external" if r.get("external") else ("healthy" if r["healthy"] else "unhealthy")
+        word = word if r["running"] is not False else "stopped"
+        pid = f"pid {r['pid']}" if r.get("pid") else ""
+        say(f"{name:<15} {word:<10} {r['url']}  {pid}")
+    if not result["healthy"]:
+        raise typer.Exit(1)
+
+
+@services_app.command()
+def down(folder: DirOption = None, as_json: JsonOption = False) -> None:
+    """Stop the services and supervisord (`supervisorctl shutdown`); check nothing remains."""
+    from deployments.local import stack
+
+    result = stack.down(_layout(folder))
+    if as_json:
+        say(json.dumps(result))
+    elif not result["stopped"] and not result["remaining"]:
+        say("nothing was running")
+    for name in result["stopped"] if not as_json else ():
+        say(f"{name:<15} stopped")
+    if result["remaining"]:
+        raise _fail(f"processes still running: {result['remaining']}", 1)

@@ -1,0 +1,1 @@
+"""Local services: the servers (PostgreSQL, MLflow, Prefect) run by supervisord."""
