@@ -6,39 +6,24 @@ that, and the server runs on. Each command names itself in its environment
 (`PYNOMALY_COMMAND_PID`, inherited by that server), so the next command of the same Prefect
 home can tell an orphan (its command is gone) from a server a live command uses. `services up`
 servers and user-started `prefect server start` are never ephemeral and never carry the name.
-Linux only (/proc); elsewhere nothing is looked for.
+Processes are read with psutil.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-import signal
-import time
 from pathlib import Path
 
+import psutil
+
 COMMAND_PID_ENV = "PYNOMALY_COMMAND_PID"
-SERVER_APP = b"prefect.server.api.server:create_app"
-
-
-def _stat(pid: int | str) -> tuple[str, str] | None:
-    """(state, start time in clock ticks since boot) of a process, None when there is none."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(")") + 2 :].split()
-    return fields[0], fields[19]
-
-
-def _running(pid: int) -> bool:
-    found = _stat(pid)
-    return found is not None and found[0] not in {"Z", "X"}
+SERVER_APP = "prefect.server.api.server:create_app"
 
 
 def mark_command() -> None:
     """Name this process (pid and start time) in the environment its children inherit."""
-    found = _stat(os.getpid())
-    os.environ[COMMAND_PID_ENV] = f"{os.getpid()}:{found[1] if found else ''}"
+    os.environ[COMMAND_PID_ENV] = f"{os.getpid()}:{psutil.Process().create_time()}"
 
 
 def _command_alive(value: str) -> bool:
@@ -46,59 +31,44 @@ def _command_alive(value: str) -> bool:
     pid, _, started = value.partition(":")
     if not pid.isdigit():
         return True  # not ours to judge
-    found = _stat(pid)
-    return found is not None and found[0] not in {"Z", "X"} and (not started or found[1] == started)
+    try:
+        command = psutil.Process(int(pid))
+        if command.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return not started or str(command.create_time()) == started
+    except psutil.Error:
+        return False
 
 
-def _environment(pid: str) -> dict[str, str]:
-    raw = Path(f"/proc/{pid}/environ").read_bytes()
-    pairs = (item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
-    return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in pairs}
-
-
-def orphan_servers(prefect_home: Path) -> list[int]:
-    """Pids of ephemeral Prefect API servers of `prefect_home` whose pynomaly command is gone."""
-    proc = Path("/proc")
-    if not (proc / "self" / "stat").exists():
-        return []
+def orphan_servers(prefect_home: Path) -> list[psutil.Process]:
+    """Ephemeral Prefect API servers of `prefect_home` whose pynomaly command is gone."""
     ours = os.path.realpath(prefect_home.expanduser())
     found = []
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
+    for proc in psutil.process_iter(["cmdline", "environ", "cwd", "status"]):
+        info = proc.info
+        if not any(SERVER_APP in arg for arg in info["cmdline"] or ()):
             continue
-        try:
-            if SERVER_APP not in (entry / "cmdline").read_bytes():
-                continue
-            env = _environment(entry.name)
-            cwd = os.readlink(entry / "cwd")
-        except OSError:
-            continue  # gone meanwhile, or another user's process
-        owner = env.get(COMMAND_PID_ENV)
-        home = env.get("PREFECT_HOME")
-        if env.get("PREFECT__SERVER_EPHEMERAL") != "1" or not owner or not home:
+        env, cwd = info["environ"] or {}, info["cwd"]  # None: another user's process
+        owner, home = env.get(COMMAND_PID_ENV), env.get("PREFECT_HOME")
+        if env.get("PREFECT__SERVER_EPHEMERAL") != "1" or not owner or not home or not cwd:
             continue
         if os.path.realpath(os.path.join(cwd, os.path.expanduser(home))) != ours:
             continue
-        if not _command_alive(owner) and _running(int(entry.name)):
-            found.append(int(entry.name))
+        if info["status"] != psutil.STATUS_ZOMBIE and not _command_alive(owner):
+            found.append(proc)
     return found
 
 
 def stop_orphan_servers(prefect_home: Path, timeout: float = 5.0) -> list[int]:
     """Stop the orphaned ephemeral servers of `prefect_home` (SIGTERM, SIGKILL after
     `timeout`); their pids."""
-    pids = orphan_servers(prefect_home)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        left = [pid for pid in pids if _running(pid)]
-        for pid in left:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + timeout
-        while left and time.monotonic() < deadline:
-            time.sleep(0.05)
-            left = [pid for pid in left if _running(pid)]
-        if not left:
-            break
-    return pids
+    servers = orphan_servers(prefect_home)
+    for server in servers:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            server.terminate()
+    _, left = psutil.wait_procs(servers, timeout=timeout)
+    for server in left:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            server.kill()
+    psutil.wait_procs(left, timeout=timeout)
+    return [server.pid for server in servers]
