@@ -197,18 +197,24 @@ def load_scorer(model_uri: str, tracking_uri: str, tags: dict[str, str] | None =
     import tempfile
 
     import mlflow
-    from mlflow.models import get_model_info
+    from mlflow.models import Model
+
+    from registry.versions import client
 
     tags = tags or {}
     try:
-        # Fetched with explicit URIs (no process-wide MLflow URI), then loaded from the copy.
+        # Fetched with explicit URIs, then loaded from the copy: MLflow resolves a models:/
+        # URI against the process-wide registry URI only, which library code never sets.
+        location = model_uri
+        if model_uri.startswith("models:/"):
+            name, _, version = model_uri.removeprefix("models:/").rpartition("/")
+            location = client(tracking_uri).get_model_version_download_uri(name, version)
         local = mlflow.artifacts.download_artifacts(
-            artifact_uri=model_uri,
+            artifact_uri=location,
             dst_path=tempfile.mkdtemp(prefix="pynomaly-model-"),
             tracking_uri=tracking_uri,
-            registry_uri=tracking_uri,
         )
-        info = get_model_info(local)
+        info = Model.load(local)  # its MLmodel file: flavours and signature
     except Exception as exc:
         raise InputError(f"{model_uri}: cannot read the logged model ({exc})") from exc
     signature = info.signature

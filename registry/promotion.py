@@ -1,7 +1,7 @@
 """Move the `champion` alias under a lock, roll it back, and keep the history as tags.
 
 The lock depends on where the registry lives: a PostgreSQL advisory lock when MLflow's backend
-is PostgreSQL, an fcntl file lock beside an embedded SQLite registry, a Prefect global
+is PostgreSQL, a file lock (filelock) beside an embedded SQLite registry, a Prefect global
 concurrency limit when MLflow is a tracking server and a Prefect server is configured (else a
 file lock in the platform home, which only protects promotions started on this host).
 Inside the lock everything the decision relied on is checked again, so `champion` never points
@@ -10,11 +10,9 @@ at a missing, unready or unloadable version and two promotions can never both mo
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -49,11 +47,12 @@ def _lock_key(name: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
-def lock_kind(tracking_uri: str) -> str:
-    """Which lock guards promotions on this registry: postgres, file or prefect."""
+def lock_kind(tracking_uri: str, prefect_server: bool = False) -> str:
+    """Which lock guards promotions on this registry: postgres, file or prefect (a tracking
+    server, when the caller talks to a Prefect server)."""
     if tracking_uri.startswith(("postgresql", "postgres")):
         return "postgres"
-    if tracking_uri.startswith(("http://", "https://")) and os.environ.get("PREFECT_API_URL"):
+    if tracking_uri.startswith(("http://", "https://")) and prefect_server:
         return "prefect"
     return "file"
 
@@ -83,23 +82,16 @@ def _postgres_lock(url: str, name: str, timeout_s: float) -> Iterator[None]:
 
 @contextmanager
 def _file_lock(path: Path, name: str, timeout_s: float) -> Iterator[None]:
+    from filelock import FileLock, Timeout
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise PromotionConflict(
-                        f"timed out waiting for the promotion lock of {name!r} ({path})"
-                    ) from None
-                time.sleep(0.05)
-        try:
+    try:
+        with FileLock(path, timeout=timeout_s):
             yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    except Timeout:
+        raise PromotionConflict(
+            f"timed out waiting for the promotion lock of {name!r} ({path})"
+        ) from None
 
 
 @contextmanager
@@ -127,10 +119,14 @@ def _prefect_lock(name: str, timeout_s: float) -> Iterator[None]:
 
 @contextmanager
 def promotion_lock(
-    tracking_uri: str, name: str, lock_dir: Path, timeout_s: float = LOCK_TIMEOUT_S
+    tracking_uri: str,
+    name: str,
+    lock_dir: Path,
+    prefect_server: bool = False,
+    timeout_s: float = LOCK_TIMEOUT_S,
 ) -> Iterator[str]:
     """Hold the promotion lock of one registered model; yields the kind of lock held."""
-    kind = lock_kind(tracking_uri)
+    kind = lock_kind(tracking_uri, prefect_server)
     if kind == "postgres":
         with _postgres_lock(tracking_uri, name, timeout_s):
             yield kind
@@ -198,9 +194,10 @@ def promote(
     lock_dir: Path,
     reason: str,
     force: bool = False,
+    prefect_server: bool = False,
 ) -> dict[str, Any]:
     """Point `champion` at a version under the lock, if the champion is still the one judged."""
-    with promotion_lock(tracking_uri, name, lock_dir) as kind:
+    with promotion_lock(tracking_uri, name, lock_dir, prefect_server) as kind:
         settle_versions(mlflow_client, name)  # what a killed train left is never promoted
         aliases = aliases_of(mlflow_client, name)
         champion = aliases.get(CHAMPION)
@@ -244,9 +241,10 @@ def rollback(
     *,
     to: int | None,
     lock_dir: Path,
+    prefect_server: bool = False,
 ) -> dict[str, Any]:
     """Restore the previous champion (or an earlier champion `to`) under the lock."""
-    with promotion_lock(tracking_uri, name, lock_dir) as kind:
+    with promotion_lock(tracking_uri, name, lock_dir, prefect_server) as kind:
         settle_versions(mlflow_client, name)
         champion = aliases_of(mlflow_client, name).get(CHAMPION)
         if champion is None:
@@ -288,6 +286,7 @@ def repair_model(
     name: str,
     lock_dir: Path,
     experiment_id: str | None = None,
+    prefect_server: bool = False,
 ) -> dict[str, Any]:
     """Before a command on a model: end runs a dead process left RUNNING (in the experiment)
     and settle the model's unfinished versions; what was done."""
@@ -296,7 +295,7 @@ def repair_model(
     killed = end_dead_runs(tracking_uri, experiment_id) if experiment_id else []
     versions = []
     if _registered(mlflow_client, name):
-        with promotion_lock(tracking_uri, name, lock_dir):
+        with promotion_lock(tracking_uri, name, lock_dir, prefect_server):
             versions = settle_versions(mlflow_client, name)
     if killed:
         logging.getLogger(__name__).warning(
@@ -306,13 +305,43 @@ def repair_model(
 
 
 def discard_unfinished(
-    mlflow_client: Any, tracking_uri: str, name: str, run_id: str, lock_dir: Path, why: str
+    mlflow_client: Any,
+    tracking_uri: str,
+    name: str,
+    run_id: str,
+    lock_dir: Path,
+    why: str,
+    prefect_server: bool = False,
 ) -> list[dict[str, Any]]:
     """When the train flow fails after registering: settle the version of its run now."""
     if not _registered(mlflow_client, name):
         return []
-    with promotion_lock(tracking_uri, name, lock_dir):
+    with promotion_lock(tracking_uri, name, lock_dir, prefect_server):
         return settle_versions(mlflow_client, name, run_id=run_id, reason=why)
+
+
+def abandon_train(
+    tracking_uri: str,
+    name: str,
+    run_id: str,
+    lock_dir: Path,
+    why: str,
+    prefect_server: bool = False,
+) -> None:
+    """When the train flow fails: end its run FAILED and settle the version it registered.
+
+    A failure to clean up is only printed: the next command repairs it, the first error counts.
+    """
+    from registry.tracking import end_run
+    from registry.versions import client
+
+    try:
+        end_run(tracking_uri, run_id, "FAILED")
+        discard_unfinished(
+            client(tracking_uri), tracking_uri, name, run_id, lock_dir, why, prefect_server
+        )
+    except Exception as cleanup:
+        print(f"could not clean up after the failed train of {name}: {cleanup!r}")
 
 
 def _registered(mlflow_client: Any, name: str) -> bool:
@@ -350,10 +379,16 @@ def record_retrain(mlflow_client: Any, name: str, trigger: str, run: str | None 
 
 
 def finish_retrain(
-    mlflow_client: Any, tracking_uri: str, name: str, at: str, status: str, lock_dir: Path
+    mlflow_client: Any,
+    tracking_uri: str,
+    name: str,
+    at: str,
+    status: str,
+    lock_dir: Path,
+    prefect_server: bool = False,
 ) -> None:
     """Mark the retrain started at `at` as done or failed (a failed one holds no cooldown)."""
-    with promotion_lock(tracking_uri, name, lock_dir):
+    with promotion_lock(tracking_uri, name, lock_dir, prefect_server):
         history = read_retrains(mlflow_client, name)
         for entry in history:
             if entry["at"] == at:
@@ -363,16 +398,23 @@ def finish_retrain(
 
 @contextmanager
 def retrain_attempt(
-    mlflow_client: Any, tracking_uri: str, name: str, at: str, lock_dir: Path
+    mlflow_client: Any,
+    tracking_uri: str,
+    name: str,
+    at: str,
+    lock_dir: Path,
+    prefect_server: bool = False,
 ) -> Iterator[dict[str, str]]:
     """Around a claimed retrain: mark it failed if the body raises, else with the status set."""
     attempt = {"status": "done"}
     try:
         yield attempt
     except BaseException:
-        finish_retrain(mlflow_client, tracking_uri, name, at, "failed", lock_dir)
+        finish_retrain(mlflow_client, tracking_uri, name, at, "failed", lock_dir, prefect_server)
         raise
-    finish_retrain(mlflow_client, tracking_uri, name, at, attempt["status"], lock_dir)
+    finish_retrain(
+        mlflow_client, tracking_uri, name, at, attempt["status"], lock_dir, prefect_server
+    )
 
 
 def retrain_allowed(
@@ -433,12 +475,13 @@ def claim_retrain(
     max_per_day: int,
     enforce: bool = True,
     run: str | None = None,
+    prefect_server: bool = False,
 ) -> tuple[bool, str]:
     """Check the cooldown and daily cap and record the retrain, atomically under the lock.
 
     Returns (True, the entry's time) when claimed, else (False, why not).
     """
-    with promotion_lock(tracking_uri, name, lock_dir):
+    with promotion_lock(tracking_uri, name, lock_dir, prefect_server):
         history = end_dead_retrains(mlflow_client, name)
         if enforce:
             ok, why = retrain_allowed(history, datetime.now(UTC), cooldown_hours, max_per_day)

@@ -582,9 +582,19 @@ def _search(
 
 
 def _check_inputs(
-    X: pd.DataFrame, y: Any, metric: str, n_workers: int, storage: str | None
+    X: pd.DataFrame,
+    y: Any,
+    metric: str,
+    n_workers: int,
+    storage: str | None,
+    time_budget_s: float,
+    n_trials: int | None,
 ) -> np.ndarray | None:
     """Validate the arguments; return y as a 0/1 array or None."""
+    if not time_budget_s > 0:
+        raise InputError(f"time budget must be a positive number of seconds, got {time_budget_s}")
+    if n_trials is not None and n_trials < 1:
+        raise InputError(f"number of trials must be at least 1, got {n_trials}")
     if len(X) < 20:
         raise InputError(f"AutoML needs at least 20 rows, got {len(X)}")
     if metric not in METRICS:
@@ -609,6 +619,21 @@ def _check_inputs(
     return labels
 
 
+def _fit_label_free(
+    frame: pd.DataFrame, labels: np.ndarray | None, ranking: list[tuple[str, float]], seed: int
+) -> tuple[Any, dict[str, Any], pd.DataFrame]:
+    """The meta-model's first choice, fitted on all rows (or the normal ones, when labelled)."""
+    config = _label_free_config(ranking, "all" if labels is None else "normal")
+    model = fit_config(config, frame, labels, seed)
+    return model, {**config, "value": ranking[0][1], "trial": None}, _ranking_board(ranking)
+
+
+def _study_board(study: Any) -> pd.DataFrame:
+    """The leaderboard of a search: one row per trial."""
+    trials = study.get_trials(deepcopy=False)
+    return pd.DataFrame([trial_info(t) for t in trials], columns=LEADERBOARD_COLUMNS)
+
+
 def fit_best_detector(
     X: Any,
     y: Any = None,
@@ -630,16 +655,12 @@ def fit_best_detector(
     dataset under test).
     """
     started = time.time()
-    if not time_budget_s > 0:
-        raise InputError(f"time budget must be a positive number of seconds, got {time_budget_s}")
-    if n_trials is not None and n_trials < 1:
-        raise InputError(f"number of trials must be at least 1, got {n_trials}")
     import optuna
 
     # Failed trials are on the leaderboard (state FAIL); their tracebacks would flood the log.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     frame = _as_frame(X).reset_index(drop=True)
-    labels = _check_inputs(frame, y, metric, n_workers, storage)
+    labels = _check_inputs(frame, y, metric, n_workers, storage, time_budget_s, n_trials)
     if contamination is None:
         contamination = (
             DEFAULT_CONTAMINATION if labels is None else float(np.clip(labels.mean(), 0.001, 0.49))
@@ -650,10 +671,7 @@ def fit_best_detector(
     study = None
     if labels is None or labels.sum() < MIN_LABELLED_ANOMALIES:
         objective_name = LABEL_FREE if labels is None else SEMI_SUPERVISED
-        config = _label_free_config(ranking, "all" if labels is None else "normal")
-        model = fit_config(config, frame, labels, random_state)
-        config = {**config, "value": ranking[0][1], "trial": None}
-        board = _ranking_board(ranking)
+        model, config, board = _fit_label_free(frame, labels, ranking, random_state)
     else:
         objective_name = metric
         study_name = study_name or f"pynomaly-automl-{uuid.uuid4().hex[:12]}"
@@ -671,9 +689,7 @@ def fit_best_detector(
             study_name=study_name,
             trial_callback=trial_callback,
         )
-        board = pd.DataFrame(
-            [trial_info(t) for t in study.get_trials(deepcopy=False)], columns=LEADERBOARD_COLUMNS
-        )
+        board = _study_board(study)
 
     result = AutoDetector(model, contamination)
     result.model_ = model

@@ -13,7 +13,7 @@ from prefect.cache_policies import NO_CACHE
 
 from data_checks.suite import ValidationReport
 from pynomaly.errors import InputError
-from tasks import backup
+from tasks import backup, drift, evaluate, window
 from tasks.ingest import (
     Manifest,
     check_source,
@@ -59,7 +59,7 @@ def load_source(
     )
 
 
-@task(name="load_manifest", cache_policy=NO_CACHE, **IO)
+@task(name="load_stored_manifest", cache_policy=NO_CACHE, **IO)
 def load_stored_manifest(store: ArtifactStore, dataset: str, sha256: str) -> Manifest:
     """The manifest of a stored snapshot (an InputError names it when it does not exist)."""
     if not store.exists(snapshot_key(dataset, sha256, "json")):
@@ -67,7 +67,7 @@ def load_stored_manifest(store: ArtifactStore, dataset: str, sha256: str) -> Man
     return load_manifest(store, dataset, sha256)
 
 
-@task(name="validate_snapshot", cache_policy=NO_CACHE)
+@task(name="validate_batch", cache_policy=NO_CACHE)
 def validate_batch(
     store: ArtifactStore,
     manifest: Manifest,
@@ -141,7 +141,7 @@ def resolve_model(
     return resolve_version(client(tracking_uri), model_name, alias, version)
 
 
-@task(name="load_scorer", cache_policy=NO_CACHE, **IO)
+@task(name="load_model_scorer", cache_policy=NO_CACHE, **IO)
 def load_model_scorer(tracking_uri: str, resolved: Any) -> Any:
     """A registered version (platform-trained or logged by hand) as raw scores + threshold."""
     from registry.gate import load_scorer
@@ -149,24 +149,18 @@ def load_model_scorer(tracking_uri: str, resolved: Any) -> Any:
     return load_scorer(resolved.uri, tracking_uri, resolved.tags)
 
 
-@task(name="compare_with_training_data", cache_policy=NO_CACHE)
-def compare_with_training_data(
-    store: ArtifactStore, resolved: Any, batch: Manifest, drift_threshold: float, tracking_uri: str
-) -> tuple[dict[str, Any], str]:
-    """Evidently column drift and the champion's score drift, training snapshot vs batch."""
-    from tasks import drift
-
-    return drift.compare_with_training_data(store, resolved, batch, drift_threshold, tracking_uri)
-
-
-@task(name="log_drift_run", cache_policy=NO_CACHE, **IO)
-def log_drift_run(
-    tracking_uri: str, experiment_id: str, resolved: Any, batch: Manifest, result: dict, html: str
-) -> dict[str, str]:
-    """An MLflow run holding the HTML report and the drift numbers."""
-    from tasks import drift
-
-    return drift.log_drift_run(tracking_uri, experiment_id, resolved, batch, result, html)
+# Drift, evaluation and the retraining window: tasks straight over their plain functions
+compare_with_training_data = task(name="compare_with_training_data", cache_policy=NO_CACHE)(
+    drift.compare_with_training_data
+)
+log_drift_run = task(name="log_drift_run", cache_policy=NO_CACHE, **IO)(drift.log_drift_run)
+load_evaluation_data = task(name="load_evaluation_data", cache_policy=NO_CACHE)(
+    evaluate.load_evaluation_data
+)
+gate_version = task(name="gate_version", cache_policy=NO_CACHE)(evaluate.gate_version)
+promote_version = task(name="promote_version", cache_policy=NO_CACHE)(evaluate.promote_version)
+find_new_batches = task(name="find_new_batches", cache_policy=NO_CACHE)(window.find_new_batches)
+combine_window = task(name="combine_window", cache_policy=NO_CACHE)(window.combine_window)
 
 
 @task(name="check_batch_schema", cache_policy=NO_CACHE)
@@ -178,7 +172,7 @@ def check_batch_schema(manifest: Manifest, resolved: Any, scorer: Any) -> list[s
     return check_batch_columns(manifest, scorer.input_types, ignore=[label] if label else [])
 
 
-@task(name="score_snapshot", cache_policy=NO_CACHE, **IO)
+@task(name="score_into_results", cache_policy=NO_CACHE, **IO)
 def score_into_results(
     store: ArtifactStore,
     manifest: Manifest,

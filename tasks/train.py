@@ -255,3 +255,69 @@ def train_detector(
         figures=figures,
         automl=automl,
     )
+
+
+def training_tags(
+    dataset: str,
+    manifest: Any,
+    report: Any,
+    detector: str,
+    label_column: str | None,
+    random_state: int,
+) -> dict[str, str]:
+    """Lineage tags of the training run and the version it registers."""
+    from registry.tracking import OWNER_TAG, code_version, owner
+
+    return {
+        "dataset": dataset,
+        "dataset_sha256": manifest.sha256,
+        "dataset_rows": str(manifest.rows),
+        "snapshot_uri": manifest.snapshot_uri,
+        "source": manifest.source,
+        "validation": "suite created" if report.suite_created else "passed",
+        "code_version": code_version(),
+        "detector": detector,
+        "label_column": label_column or "",
+        "random_state": str(random_state),  # the gate rebuilds the hold-out from it
+        # This process, on the run and the version until the version is marked complete: the
+        # next command tells a version a killed train left from one still being trained.
+        OWNER_TAG: owner(),
+    }
+
+
+def training_report(
+    model: str,
+    registered: dict[str, Any],
+    result: Any,
+    dataset: str,
+    manifest: Any,
+    report: Any,
+) -> tuple[dict[str, Any], str, list[dict[str, str]] | None]:
+    """The train flow's result, its markdown summary and the AutoML leaderboard (when tuned)."""
+    metrics = {k: round(v, 6) for k, v in result.metrics.items()}
+    summary = {
+        **registered,
+        "detector": result.detector,
+        "config": result.params,
+        "threshold": result.threshold,
+        "metrics": metrics,
+        "dataset": dataset,
+        "dataset_sha256": manifest.sha256,
+        "rows": manifest.rows,
+        "validation": report.summary(),
+    }
+    board = None
+    if result.automl is not None:
+        ranked = result.automl.leaderboard_.sort_values("value", ascending=False)
+        # Pruned trials carry an intermediate value: rank finished trials only (label-free
+        # selection fits nothing: its board is the meta-model's predicted ranking).
+        finished = ranked[ranked["state"].isin(["COMPLETE", "PREDICTED"])]
+        summary["leaderboard_top5"] = finished.head(5).to_dict("records")
+        board = ranked.astype(str).to_dict("records")
+    markdown = (
+        f"## Trained `{model}` v{registered['version']} ({registered['alias']})\n\n"
+        f"detector `{result.detector}`, threshold {result.threshold:.6g}, dataset "
+        f"`{dataset}` ({manifest.rows} rows, `{manifest.sha256[:12]}`)\n\n"
+        + "\n".join(f"- {k}: {v}" for k, v in metrics.items())
+    )
+    return summary, markdown, board

@@ -157,6 +157,7 @@ def promote(
             lock_dir=settings.home_dir,
             reason="manual" + (" (forced)" if force else ""),
             force=force,
+            prefect_server=settings.prefect_server,
         )
 
     result = run(work, as_json=as_json, debug=debug, status="Promoting…")
@@ -184,7 +185,12 @@ def rollback(
 
         settings = get_settings()
         return rollback_version(
-            _client(), settings.mlflow_tracking_uri, name, to=to, lock_dir=settings.home_dir
+            _client(),
+            settings.mlflow_tracking_uri,
+            name,
+            to=to,
+            lock_dir=settings.home_dir,
+            prefect_server=settings.prefect_server,
         )
 
     result = run(work, as_json=as_json, debug=debug, status="Rolling back…")

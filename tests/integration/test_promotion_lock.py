@@ -49,7 +49,12 @@ def register_versions(tracking_uri: str, artifacts: Path, count: int) -> None:
 
 
 def promote_worker(
-    tracking_uri: str, lock_dir: str, version: int, barrier: object, results: object
+    tracking_uri: str,
+    lock_dir: str,
+    prefect_server: bool,
+    version: int,
+    barrier: object,
+    results: object,
 ) -> None:
     """Promote one version, starting together with the other worker."""
     from registry.promotion import PromotionConflict, promote
@@ -66,6 +71,7 @@ def promote_worker(
             expected_champion=1,
             lock_dir=Path(lock_dir),
             reason=f"worker {version}",
+            prefect_server=prefect_server,
         )
         results.put((version, "promoted"))
     except PromotionConflict as exc:
@@ -74,11 +80,14 @@ def promote_worker(
         results.put((version, f"error: {type(exc).__name__}: {exc}"))
 
 
-def race(tracking_uri: str, lock_dir: Path) -> dict[int, str]:
+def race(tracking_uri: str, lock_dir: Path, prefect_server: bool = False) -> dict[int, str]:
     ctx = mp.get_context("spawn")  # a fresh interpreter each: no inherited DB connections
     barrier, results = ctx.Barrier(2), ctx.Queue()
     workers = [
-        ctx.Process(target=promote_worker, args=(tracking_uri, str(lock_dir), v, barrier, results))
+        ctx.Process(
+            target=promote_worker,
+            args=(tracking_uri, str(lock_dir), prefect_server, v, barrier, results),
+        )
         for v in (2, 3)
     ]
     for w in workers:
@@ -133,9 +142,10 @@ def test_two_processes_through_prefect_global_concurrency(
 
     # Spawned workers read the Prefect server from their environment, as flow runs do.
     monkeypatch.setenv("PREFECT_API_URL", prefect_server)
-    assert lock_kind(mlflow_server) == "prefect"
+    assert lock_kind(mlflow_server) == "file"  # no Prefect server named by the caller
+    assert lock_kind(mlflow_server, prefect_server=True) == "prefect"
     register_versions(mlflow_server, tmp_path / "artifacts", 3)
-    check_one_winner(mlflow_server, race(mlflow_server, tmp_path))
+    check_one_winner(mlflow_server, race(mlflow_server, tmp_path, prefect_server=True))
     with temporary_settings(updates={PREFECT_API_URL: prefect_server}):
         with get_client(sync_client=True) as prefect_client:
             limit = prefect_client.read_global_concurrency_limit_by_name(

@@ -1,0 +1,98 @@
+"""The training window of a retrain: earlier snapshots, new batches, one combined file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pynomaly.errors import InputError
+from tasks.store import ArtifactStore
+
+WINDOW_TAG = "window_snapshots"
+
+
+def earlier_snapshots(versions: list[Any]) -> list[str]:
+    """`dataset/sha256` of every snapshot the model's versions were trained on, oldest first."""
+    seen: list[str] = []
+    for mv in sorted(versions, key=lambda v: int(v.version)):
+        tags = dict(mv.tags or {})
+        parts = json.loads(tags[WINDOW_TAG]) if tags.get(WINDOW_TAG) else None
+        if parts is None and tags.get("dataset_sha256"):
+            parts = [f"{tags['dataset']}/{tags['dataset_sha256']}"]
+        for part in parts or []:
+            if part not in seen:
+                seen.append(part)
+    return seen
+
+
+def choose_window(earlier: list[str], new: list[str], policy: str, size: int) -> list[str]:
+    """Snapshots to train on: all (append) or the newest `size` (sliding), new data always in."""
+    chosen = [s for s in earlier if s not in new] + new
+    if policy == "append":
+        return chosen
+    if policy != "sliding":
+        raise InputError(f"unknown window policy {policy!r}: use sliding or append")
+    return chosen[-max(size, len(new)) :]
+
+
+def find_new_batches(store: ArtifactStore, model: str, used: list[str], limit: int) -> list[str]:
+    """The newest scored/checked batch snapshots of the model not trained on yet."""
+    from tasks.ingest import Manifest
+
+    prefix = f"datasets/{model}-batches/"
+    manifests = [
+        Manifest(**json.loads(store.get_bytes(key)))
+        for key in store.list(prefix)
+        if key.endswith(".json")
+    ]
+    fresh = [m for m in manifests if f"{m.dataset}/{m.sha256}" not in used]
+    fresh.sort(key=lambda m: m.created_at)
+    return [f"{m.dataset}/{m.sha256}" for m in fresh[-limit:]]
+
+
+def combine_window(
+    store: ArtifactStore,
+    window: list[str],
+    label_column: str | None,
+    folder: str,
+    feedback: Any = None,
+) -> tuple[str, str | None, int, dict[str, int]]:
+    """One Parquet file of the window's rows; labels kept only if every snapshot has them.
+
+    With enough analyst feedback on the window's batches (`feedback`: the model's newest label
+    per row and its snapshot), the feedback sets labels; unlabelled rows count as normal.
+    """
+    import pandas as pd
+
+    from tasks.feedback import apply_feedback_labels
+    from tasks.ingest import load_manifest, load_snapshot
+
+    frames = []
+    for part in window:
+        dataset, sha = part.split("/", 1)
+        frames.append(load_snapshot(store, load_manifest(store, dataset, sha)))
+    used: dict[str, int] = {}
+    labelled = (
+        None
+        if feedback is None or feedback.empty
+        else apply_feedback_labels(list(zip(window, frames, strict=True)), feedback, label_column)
+    )
+    if labelled is not None:
+        frames, label_column, used = labelled
+    elif label_column and not all(label_column in f.columns for f in frames):
+        # New batches come without labels: the whole window trains label-free.
+        frames = [f.drop(columns=[label_column], errors="ignore") for f in frames]
+        label_column = None
+    columns = list(frames[0].columns)
+    for part, frame in zip(window, frames, strict=True):
+        if set(frame.columns) != set(columns):
+            other = set(frame.columns) ^ set(columns)
+            raise InputError(
+                f"snapshot {part} has other columns than the rest of the window: "
+                f"{', '.join(sorted(map(str, other)))}"
+            )
+    combined = pd.concat([f[columns] for f in frames], ignore_index=True)
+    path = Path(folder) / "window.parquet"
+    combined.to_parquet(path, index=False)
+    return str(path), label_column, len(combined), used
