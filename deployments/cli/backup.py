@@ -6,6 +6,7 @@ import sys
 from typing import Annotated, Any
 
 import typer
+from rich.filesize import decimal
 from rich.table import Table
 
 from deployments.cli.options import DebugOpt, JsonOpt
@@ -41,14 +42,6 @@ def _key(store: Any, create: bool = False) -> Any:
     return backup.backup_key(settings.backup_secret, settings.home_dir, store, create=create)
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
 @backup_app.command()
 def create(
     artifacts: Annotated[
@@ -70,7 +63,7 @@ def create(
 
     result = run(work, as_json=as_json, debug=debug, status="Backing up…")
     if not as_json:
-        rows = {"store": result["store"], "size": _size(result["size_bytes"])}
+        rows = {"store": result["store"], "size": decimal(result["size_bytes"])}
         rows |= {"seconds": result["seconds"], **result["counts"]}
         if prune:
             rows["pruned"] = ", ".join(result["pruned"]) or "none"
@@ -102,7 +95,7 @@ def list_(as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
             b["id"],
             b["status"],
             str(b["kind"] or "-"),
-            _size(b["size_bytes"]) if b["size_bytes"] is not None else "-",
+            decimal(b["size_bytes"]) if b["size_bytes"] is not None else "-",
             str(c.get("model_versions", "-")),
             str(c.get("detection_rows", "-")),
             str(c.get("artifacts", "-")),
