@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import psutil
+
 OWNER_NAME = re.compile(r"-(?P<host>[0-9a-f]{8})\.(?P<pid>\d+)-[^-.]+$")
 
 
@@ -28,16 +30,11 @@ def host_tag() -> str:
 def process_alive(pid: int) -> bool:
     """Whether a process runs here (a zombie, killed but not yet reaped, counts as gone)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() not in {psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD}
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.AccessDenied:
         return True  # another user's process: it exists
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # no /proc (not Linux), or it ended just now: the next sweep decides
-    return stat[stat.rfind(")") + 2 :].split()[0] not in {"Z", "X"}
 
 
 @contextmanager

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import sqlite3
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -677,3 +679,18 @@ def test_key_file_inside_the_backup_store_is_refused(platform_home: Path) -> Non
     with pytest.raises(InputError, match="inside the backup store"):
         backup.backup_key(settings.backup_secret, settings.home_dir, store, create=True)
     assert not (platform_home / backup.KEY_FILE).exists()
+
+
+def test_process_alive_counts_zombies_and_ended_processes_as_gone() -> None:
+    import subprocess
+
+    from tasks.staging import process_alive
+
+    assert process_alive(os.getpid())
+    child = subprocess.Popen(["true"])
+    deadline = time.monotonic() + 10
+    while process_alive(child.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)  # exited but not reaped: a zombie, already gone
+    assert not process_alive(child.pid)
+    child.wait()
+    assert not process_alive(child.pid)
