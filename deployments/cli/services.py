@@ -41,35 +41,29 @@ def _fail(message: str, code: int) -> typer.Exit:
 def up(folder: DirOption = None, as_json: JsonOption = False) -> None:
     """Start the services that are not running yet and write DIR/pynomaly.env."""
     from deployments.local import stack
-    from deployments.local.servers import ServiceError
     from pynomaly.errors import InputError
     from pynomaly.settings import Settings
 
     quiet_libraries()
-    began = time.monotonic()
-    layout = _layout(folder)
-    report: dict[str, dict[str, Any]] = {}
+    began, layout, report = time.monotonic(), _layout(folder), {}
 
     def note(name: str, entry: dict[str, Any]) -> None:
         report[name] = entry
+        took = f" in {entry['startup_seconds']:.1f} s" if "startup_seconds" in entry else ""
         if not as_json:
-            took = f" in {entry['startup_seconds']:.1f} s" if "startup_seconds" in entry else ""
             say(f"{name:<15} {entry['status']}{took}  {entry['url'] or ''}")
 
     try:
         stack.refuse_to_start(layout)
         result = stack.up(layout, Settings(), note)
-    except (ServiceError, InputError) as exc:
+    except InputError as exc:
+        raise _fail(str(exc), 2) from None
+    except Exception as exc:  # noqa: BLE001 - one line, like every command
         if as_json:
             say(json.dumps({"dir": str(layout.root), "error": str(exc), "services": report}))
-        code = 2 if isinstance(exc, InputError) else 1
-        if code == 2:
-            raise _fail(str(exc), 2) from None
-        raise _fail(
-            f"{exc}\n(services started so far keep running; stop them with "
-            f"`pynomaly services down --dir {layout.root}`)",
-            1,
-        ) from None
+        down = f"`pynomaly services down --dir {layout.root}`"
+        message = f"{exc}\n(services started so far keep running; stop them with {down})"
+        raise _fail(message, 1) from None
     if as_json:
         say(json.dumps(result))
     else:
@@ -89,9 +83,8 @@ def status(folder: DirOption = None, as_json: JsonOption = False) -> None:
         say(f"no services running in {result['dir']} (start them with `pynomaly services up`)")
     for name, r in result["services"].items() if not as_json else ():
         word = "external" if r.get("external") else ("healthy" if r["healthy"] else "unhealthy")
-        word = word if r["running"] is not False else "stopped"
         pid = f"pid {r['pid']}" if r.get("pid") else ""
-        say(f"{name:<15} {word:<10} {r['url']}  {pid}")
+        say(f"{name:<15} {word if r['running'] is not False else 'stopped':<10} {r['url']}  {pid}")
     if not result["healthy"]:
         raise typer.Exit(1)
 

@@ -48,16 +48,14 @@ class Program:
 
 def free_port(preferred: int | None = None) -> int:
     """A TCP port on 127.0.0.1 that is free now; `preferred` when it still is."""
-    for port in (preferred, 0) if preferred else (0,):
-        with socket.socket() as s:
-            # Servers bind with SO_REUSEADDR: a port in TIME_WAIT is free for them.
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind((HOST, port))
-            except OSError:
-                continue
-            return s.getsockname()[1]
-    raise ServiceError("no free TCP port on 127.0.0.1")
+    with socket.socket() as s:
+        # Servers bind with SO_REUSEADDR: a port in TIME_WAIT is free for them.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((HOST, preferred or 0))
+        except OSError:
+            s.bind((HOST, 0))
+        return s.getsockname()[1]
 
 
 def new_secret(nbytes: int = 24) -> str:
@@ -79,9 +77,6 @@ def write_private(path: Path, text: str) -> None:
         raise
 
 
-# PostgreSQL -----------------------------------------------------------------------------------
-
-
 def pg_user() -> str | None:
     """The OS user PostgreSQL runs as: `postgres` when we are root (initdb refuses root)."""
     return "postgres" if os.geteuid() == 0 else None
@@ -100,11 +95,11 @@ def init_cluster(base_dir: Path, password: str, pg_bin: Path | None = None) -> P
     the superuser `postgres` logs in over TCP with `password` (scram-sha-256)."""
     data_dir = base_dir / "data"
     user = pg_user()
+    as_user = {"user": user, "group": user, "extra_groups": [] if user else None, "cwd": "/"}
     base_dir.mkdir(parents=True, exist_ok=True)
     if user:
         shutil.chown(base_dir, user, user)
-        as_user = {"user": user, "group": user, "extra_groups": []}
-        if subprocess.run(["test", "-w", str(base_dir)], cwd="/", **as_user).returncode:
+        if subprocess.run(["test", "-w", str(base_dir)], **as_user).returncode:
             raise InputError(
                 f"the '{user}' user cannot write to {base_dir}: PostgreSQL refuses to run as "
                 "root, so choose a folder whose parents are world-traversable (e.g. under /tmp)"
@@ -118,15 +113,7 @@ def init_cluster(base_dir: Path, password: str, pg_bin: Path | None = None) -> P
     cmd = [pg_tool("initdb", pg_bin), "-D", str(data_dir), "-U", "postgres", f"--pwfile={pwfile}"]
     cmd += ["--auth-host=scram-sha-256", "--auth-local=peer", "-E", "UTF8", "--locale=C.UTF-8"]
     try:
-        done = subprocess.run(
-            cmd,
-            capture_output=True,
-            text=True,
-            cwd="/",
-            user=user,
-            group=user,
-            extra_groups=[] if user else None,
-        )
+        done = subprocess.run(cmd, capture_output=True, text=True, **as_user)
     finally:
         pwfile.unlink(missing_ok=True)
     if done.returncode:
@@ -143,9 +130,6 @@ def postgres_program(base_dir: Path, port: int, pg_bin: Path | None = None) -> P
         command += ["-c", f"{key}={value}"]
     url = f"postgresql://{HOST}:{port}/"
     return Program("postgres", command, base_dir, url, port, {"LANG": "C.UTF-8"}, pg_user())
-
-
-# MLflow ---------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -204,13 +188,14 @@ def mlflow_program(
 def _mlflow_login(login: tuple[str, str]) -> Iterator[None]:
     """MLflow's REST clients read their basic-auth login from these variables only."""
     names = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
-    old = {name: os.environ.get(name) for name in names}
-    os.environ.update(dict(zip(names, login, strict=True)))
+    old = {name: os.environ.pop(name, None) for name in names}
+    os.environ.update(zip(names, login, strict=True))
     try:
         yield
     finally:
-        for name, value in old.items():
-            os.environ.pop(name) if value is None else os.environ.__setitem__(name, value)
+        os.environ.update({n: v for n, v in old.items() if v is not None})
+        for name in (n for n, v in old.items() if v is None):
+            os.environ.pop(name, None)
 
 
 def ensure_mlflow_user(
@@ -223,25 +208,18 @@ def ensure_mlflow_user(
     from mlflow.server.auth.client import AuthServiceClient
 
     client = AuthServiceClient(url)
+    calls = [lambda: client.create_user(username, password)]
+    for kind in ("experiment", "registered_model") if edit_all else ():
+        calls.append(lambda kind=kind: client.grant_user_permission(username, kind, "*", "EDIT"))
     with _mlflow_login(admin):
-        try:
+        for call in calls:
             try:
-                client.create_user(username, password)
+                call()
             except MlflowException as exc:
                 if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-                    raise
-                client.update_user_password(username, password)
-            for resource_type in ("experiment", "registered_model") if edit_all else ():
-                try:
-                    client.grant_user_permission(username, resource_type, "*", "EDIT")
-                except MlflowException as exc:
-                    if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-                        raise
-        except MlflowException as exc:
-            raise ServiceError(f"MLflow user {username!r}: {exc.message[:300]}") from exc
-
-
-# Prefect --------------------------------------------------------------------------------------
+                    raise ServiceError(f"MLflow user {username!r}: {exc.message[:300]}") from exc
+                if call is calls[0]:  # an existing user gets this password again
+                    client.update_user_password(username, password)
 
 
 def prefect_program(
@@ -290,9 +268,6 @@ def prefect_client(api_url: str, auth_string: str | None) -> Iterator[object]:
         get_client(sync_client=True) as client,
     ):
         yield client
-
-
-# Health checks --------------------------------------------------------------------------------
 
 
 def http_ok(url: str, timeout: float = 2.0) -> bool:

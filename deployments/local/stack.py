@@ -30,14 +30,14 @@ ROLES_SCRIPT = Path(__file__).resolve().parents[1] / "docker" / "initdb" / "10-r
 ORDER = ("postgres", "mlflow", "prefect", "prefect-worker")
 BUCKET = "pynomaly"
 RESULTS_DB = "pynomaly_results"
-# PostgreSQL role -> (the databases it owns, password secret), as deployments/docker/initdb/
-# 10-roles.sh makes them (for the containers and for `up`).
+# PostgreSQL role of each component -> its password secret; deployments/docker/initdb/
+# 10-roles.sh makes the roles and their databases, for the containers and for `up`.
 PG_ROLES = {
-    "pynomaly_mlflow": (("mlflow",), "PG_MLFLOW_PASSWORD"),
-    "pynomaly_mlflow_auth": (("mlflow_auth",), "PG_MLFLOW_AUTH_PASSWORD"),
-    "pynomaly_prefect": (("prefect",), "PG_PREFECT_PASSWORD"),
-    "pynomaly_results": ((RESULTS_DB,), "PG_RESULTS_PASSWORD"),
-    "pynomaly_metrics": ((), "PG_METRICS_PASSWORD"),  # reads the results database only
+    "pynomaly_mlflow": "PG_MLFLOW_PASSWORD",
+    "pynomaly_mlflow_auth": "PG_MLFLOW_AUTH_PASSWORD",
+    "pynomaly_prefect": "PG_PREFECT_PASSWORD",
+    "pynomaly_results": "PG_RESULTS_PASSWORD",
+    "pynomaly_metrics": "PG_METRICS_PASSWORD",  # reads the results database only
 }
 # MLflow logins: the platform (CLI and worker) edits experiments and models; metrics reads.
 MLFLOW_PLATFORM_USER = "pynomaly"
@@ -49,7 +49,7 @@ SECRET_NAMES = (
     "PREFECT_AUTH_STRING",
     "MLFLOW_PLATFORM_PASSWORD",
     "MLFLOW_METRICS_PASSWORD",
-    *(secret for _, secret in PG_ROLES.values()),
+    *PG_ROLES.values(),
 )
 
 
@@ -100,7 +100,7 @@ def load_secrets(layout: Layout) -> dict[str, str]:
 
 
 def _login(role: str, secrets: dict[str, str]) -> tuple[str, str]:
-    return role, secrets[PG_ROLES[role][1]]
+    return role, secrets[PG_ROLES[role]]
 
 
 def client_env(state: dict[str, Any], secrets: dict[str, str]) -> dict[str, str]:
@@ -190,91 +190,71 @@ def refuse_to_start(layout: Layout) -> None:
         )
 
 
-def _programs(
-    layout: Layout, state: dict[str, Any], secrets: dict[str, str], settings: Settings
-) -> list[servers.Program]:
+def _programs(layout: Layout, state: dict, secrets: dict, settings: Settings) -> list:
     """The programs to run, on the ports of the last `up` where they are still free."""
-    ext, ports, root = state["external"], state["ports"], layout.root
-    port = {n: servers.free_port(ports.get(n)) for n in ("postgres", "mlflow", "prefect")}
+    ext, root, artifacts = state["external"], layout.root, state["artifacts"]
+    port = {n: servers.free_port(state["ports"].get(n)) for n in ("postgres", "mlflow", "prefect")}
     found = []
+
+    def url(role: str, database: str, driver: str = "postgresql+psycopg2") -> str:
+        return pg_url(port["postgres"], _login(role, secrets), database, driver)
+
     if not (ext.get("mlflow") and ext.get("prefect") and ext.get("postgres")):
         servers.init_cluster(root / "postgres", secrets["POSTGRES_PASSWORD"], settings.pg_bin)
         found.append(servers.postgres_program(root / "postgres", port["postgres"], settings.pg_bin))
-    artifacts = state["artifacts"]
     if not ext.get("mlflow"):
-        storage = {}
-        if artifacts.startswith("s3://") and ext.get("s3"):
-            storage["MLFLOW_S3_ENDPOINT_URL"] = ext["s3"]
         auth = servers.MlflowAuth(
-            admin_password=secrets["MLFLOW_ADMIN_PASSWORD"],
-            database_uri=pg_url(
-                port["postgres"], _login("pynomaly_mlflow_auth", secrets), "mlflow_auth"
-            ),
-            secret_key=secrets["MLFLOW_FLASK_SECRET_KEY"],
+            secrets["MLFLOW_ADMIN_PASSWORD"],
+            url("pynomaly_mlflow_auth", "mlflow_auth"),
+            secrets["MLFLOW_FLASK_SECRET_KEY"],
         )
-        backend = pg_url(port["postgres"], _login("pynomaly_mlflow", secrets), "mlflow")
+        s3 = {"MLFLOW_S3_ENDPOINT_URL": ext["s3"]} if ext.get("s3") else {}
         # Under the platform's artifact root, as in embedded mode: one backup holds both.
-        found.append(
-            servers.mlflow_program(
-                root / "mlflow", port["mlflow"], backend, f"{artifacts}/mlflow", auth, storage
-            )
-        )
+        args = (url("pynomaly_mlflow", "mlflow"), f"{artifacts}/mlflow", auth, s3)
+        found.append(servers.mlflow_program(root / "mlflow", port["mlflow"], *args))
     if not ext.get("prefect"):
-        login = _login("pynomaly_prefect", secrets)
-        database = pg_url(port["postgres"], login, "prefect", "postgresql+asyncpg")
         auth_string = secrets["PREFECT_AUTH_STRING"]
-        prefect = servers.prefect_program(
-            root / "prefect", port["prefect"], database, auth_string, ui=True
-        )
-        found.append(prefect)
-        state["urls"] = {p.name: p.url for p in found}
-        state["ports"] = {p.name: p.port for p in found}
-        # The worker's flow runs get the same client settings as `source pynomaly.env`.
-        worker_env = client_env(state, secrets) | {"PYNOMALY_HOME": str(settings.home_dir)}
-        if os.environ.get("PREFECT_WORKER_QUERY_SECONDS"):
-            worker_env["PREFECT_WORKER_QUERY_SECONDS"] = os.environ["PREFECT_WORKER_QUERY_SECONDS"]
-        state["worker"] = f"{WORK_POOL}-{servers.new_secret(4)}"
+        database = url("pynomaly_prefect", "prefect", "postgresql+asyncpg")
         found.append(
-            servers.worker_program(
-                root / "prefect", prefect.url, WORK_POOL, state["worker"], auth_string, worker_env
-            )
+            servers.prefect_program(root / "prefect", port["prefect"], database, auth_string, True)
         )
-    state["urls"] = {p.name: p.url for p in found}
-    state["ports"] = {p.name: p.port for p in found}
+        state |= {"urls": {p.name: p.url for p in found}, "ports": {p.name: p.port for p in found}}
+        # The worker's flow runs get the same client settings as `source pynomaly.env`.
+        env = client_env(state, secrets) | {"PYNOMALY_HOME": str(settings.home_dir)}
+        if os.environ.get("PREFECT_WORKER_QUERY_SECONDS"):
+            env["PREFECT_WORKER_QUERY_SECONDS"] = os.environ["PREFECT_WORKER_QUERY_SECONDS"]
+        state["worker"] = f"{WORK_POOL}-{servers.new_secret(4)}"
+        api = found[-1].url
+        program = servers.worker_program(
+            root / "prefect", api, WORK_POOL, state["worker"], auth_string, env
+        )
+        found.append(program)
+    state |= {"urls": {p.name: p.url for p in found}, "ports": {p.name: p.port for p in found}}
     return found
 
 
 def health_checks(state: dict[str, Any], secrets: dict[str, str]) -> dict[str, Callable]:
     """The health check of each of our services."""
-    urls, port, auth = (
-        state["urls"],
-        state["ports"].get("postgres"),
-        secrets.get("PREFECT_AUTH_STRING"),
-    )
+    urls, auth = state["urls"], secrets.get("PREFECT_AUTH_STRING")
     superuser = ("postgres", secrets.get("POSTGRES_PASSWORD", ""))
+    pg = pg_url(state["ports"].get("postgres", 0), superuser, "postgres")
+    worker = state.get("worker", "")
     return {
-        "postgres": lambda: servers.postgres_ok(pg_url(port, superuser, "postgres")),
+        "postgres": lambda: servers.postgres_ok(pg),
         "mlflow": lambda: servers.http_ok(f"{urls['mlflow']}/health"),
         "prefect": lambda: servers.http_ok(f"{urls['prefect']}/health"),
-        "prefect-worker": lambda: servers.worker_online(
-            urls["prefect"], auth, WORK_POOL, state.get("worker", "")
-        ),
+        "prefect-worker": lambda: servers.worker_online(urls["prefect"], auth, WORK_POOL, worker),
     }
 
 
-def _supervisord_env() -> dict[str, str]:
-    """This environment without what would leak into a service's configuration."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
-
-
-def _set_up(name: str, state: dict[str, Any], secrets: dict[str, str], pg_bin: Path | None) -> None:
+def _set_up(name: str, state: dict, secrets: dict[str, str], pg_bin: Path | None) -> None:
     """What a started service needs before the next one: roles, users, the work pool."""
     if name == "postgres":
         # The containers' roles script: one role per component owning only its database,
         # none a superuser; databases of earlier versions move to their roles.
-        psql = Path(pg_tool("psql", pg_bin)).parent
-        env = {k: secrets[k] for _, k in PG_ROLES.values()} | {
-            "PATH": f"{psql}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
+        path = f"{Path(pg_tool('psql', pg_bin)).parent}{os.pathsep}{os.environ['PATH']}"
+        env = {k: secrets[k] for k in PG_ROLES.values()} | {
+            "PATH": path,
             "PGHOST": servers.HOST,
             "PGPORT": str(state["ports"]["postgres"]),
             "PGUSER": "postgres",
@@ -286,10 +266,9 @@ def _set_up(name: str, state: dict[str, Any], secrets: dict[str, str], pg_bin: P
     elif name == "mlflow":
         # The admin login stays here, for user management; clients get their own users.
         url, admin = state["urls"]["mlflow"], ("admin", secrets["MLFLOW_ADMIN_PASSWORD"])
-        password = secrets["MLFLOW_PLATFORM_PASSWORD"]
-        servers.ensure_mlflow_user(url, admin, MLFLOW_PLATFORM_USER, password, edit_all=True)
-        password = secrets["MLFLOW_METRICS_PASSWORD"]
-        servers.ensure_mlflow_user(url, admin, MLFLOW_METRICS_USER, password)
+        platform, metrics = secrets["MLFLOW_PLATFORM_PASSWORD"], secrets["MLFLOW_METRICS_PASSWORD"]
+        servers.ensure_mlflow_user(url, admin, MLFLOW_PLATFORM_USER, platform, edit_all=True)
+        servers.ensure_mlflow_user(url, admin, MLFLOW_METRICS_USER, metrics)
     elif name == "prefect":
         with servers.prefect_client(state["urls"]["prefect"], secrets["PREFECT_AUTH_STRING"]) as c:
             ensure_work_pool(c)
@@ -315,75 +294,51 @@ def _prepare_artifacts(artifacts: str, s3_url: str | None) -> None:
 
 
 def up(layout: Layout, settings: Settings, note: Callable[[str, dict], None]) -> dict[str, Any]:
-    """Start what is not running yet (supervisord first), set each service up, write the env
-    files; `note(name, entry)` hears of each service as it is ready. All files made private."""
-    umask = os.umask(0o077)
+    """Start what is not running yet (supervisord first, each program once the one before it
+    is healthy and set up), write the env files; `note(name, entry)` hears of each service."""
+    umask = os.umask(0o077)  # everything `up` makes is private
     try:
-        return _up(layout, settings, note)
+        # PostgreSQL runs as the `postgres` user, which must be able to enter this folder (and,
+        # when it sits in the private platform home, that home): traverse only, never list.
+        layout.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        layout.root.chmod(0o711)
+        home = settings.home_dir
+        if os.geteuid() == 0 and layout.root.is_relative_to(home) and home.is_dir():
+            home.chmod(0o711)
+        state, secrets = load_state(layout), load_secrets(layout)
+        running = supervisor.running(layout.root)
+        if not running:  # a new supervisord: the ports of last time where still free
+            names = ("s3", "mlflow", "prefect", "postgres")
+            state["external"] = {n: u for n in names if (u := external(n, state, settings))}
+            state["artifacts"] = artifact_root(layout, state, settings)
+            supervisor.write_config(layout.root, _programs(layout, state, secrets, settings))
+            write_private(layout.state, json.dumps(state, indent=2) + "\n")
+        report = {}
+        if state["artifacts"].startswith("s3://"):
+            report["s3"] = {"status": "external", "url": state["external"].get("s3") or "AWS"}
+        # An external results database is not reported: its URL may hold a password.
+        ext = {n: u for n, u in state["external"].items() if n != "postgres"}
+        report |= {n: {"status": "external", "url": u} for n, u in ext.items()}
+        for name, entry in report.items():
+            note(name, entry)
+        _prepare_artifacts(state["artifacts"], state["external"].get("s3"))
+        if not running:
+            supervisor.start_supervisord(layout.root, _supervisord_env())
+        infos, checks = supervisor.programs(layout.root), health_checks(state, secrets)
+        for name in (n for n in ORDER if n in infos):
+            entry = {"status": "already running", "url": state["urls"][name]}
+            if infos[name]["statename"] != "RUNNING" or not checks[name]():
+                timeout = 60.0 if name == "postgres" else 180.0
+                seconds = supervisor.start_program(layout.root, name, checks[name], timeout)
+                entry |= {"status": "started", "startup_seconds": round(seconds, 2)}
+            _set_up(name, state, secrets, settings.pg_bin)
+            report[name] = entry
+            note(name, entry)
+        _write_env_file(layout.env, client_env(state, secrets), "to use these services")
+        metrics = metrics_env(state, secrets)
+        _write_env_file(layout.metrics_env, metrics, "for `metrics serve` and `health`: read-only")
     finally:
         os.umask(umask)
-
-
-def _up(layout: Layout, settings: Settings, note: Callable[[str, dict], None]) -> dict[str, Any]:
-    layout.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    # PostgreSQL runs as the `postgres` user, which must be able to enter this folder (and,
-    # when it sits in the private platform home, that home): traverse only, never list.
-    layout.root.chmod(0o711)
-    home = settings.home_dir
-    if os.geteuid() == 0 and layout.root.is_relative_to(home) and home.is_dir():
-        home.chmod(0o711)
-    state, secrets = load_state(layout), load_secrets(layout)
-    report: dict[str, dict[str, Any]] = {}
-    running = supervisor.running(layout.root)
-    if not running:
-        # A new supervisord: the services, on the ports of last time where still free.
-        state["external"] = {
-            n: url
-            for n in ("s3", "mlflow", "prefect", "postgres")
-            if (url := external(n, state, settings))
-        }
-        state["artifacts"] = artifact_root(layout, state, settings)
-        programs = _programs(layout, state, secrets, settings)
-        supervisor.write_config(layout.root, programs)
-        write_private(layout.state, json.dumps(state, indent=2) + "\n")
-    if state["artifacts"].startswith("s3://"):
-        report["s3"] = {"status": "external", "url": state["external"].get("s3") or "AWS"}
-        note("s3", report["s3"])
-    _prepare_artifacts(state["artifacts"], state["external"].get("s3"))
-    if not running:
-        supervisor.start_supervisord(layout.root, _supervisord_env())
-    infos = supervisor.programs(layout.root)
-    checks = health_checks(state, secrets)
-    for name in ORDER:
-        if name in state["external"] or (
-            name == "prefect-worker" and "prefect" in state["external"]
-        ):
-            if name in state["external"]:
-                report[name] = {"status": "external", "url": state["external"][name]}
-                note(name, report[name])
-            continue
-        if name not in infos:
-            continue
-        entry = {"status": "already running", "url": state["urls"][name]}
-        if infos[name]["statename"] != "RUNNING" or not checks[name]():
-            timeout = 60.0 if name == "postgres" else 180.0
-            seconds = supervisor.start_program(layout.root, name, checks[name], timeout)
-            entry = {
-                "status": "started",
-                "url": state["urls"][name],
-                "startup_seconds": round(seconds, 2),
-            }
-        report[name] = entry
-        _set_up(name, state, secrets, settings.pg_bin)
-        note(name, entry)
-    _write_env_file(
-        layout.env, client_env(state, secrets), "to use the services `pynomaly services up` runs"
-    )
-    _write_env_file(
-        layout.metrics_env,
-        metrics_env(state, secrets),
-        "for `pynomaly metrics serve` and `health`: read-only logins",
-    )
     return {
         "dir": str(layout.root),
         "env_file": str(layout.env),
@@ -393,24 +348,30 @@ def _up(layout: Layout, settings: Settings, note: Callable[[str, dict], None]) -
     }
 
 
+def _supervisord_env() -> dict[str, str]:
+    """This environment without what would leak into a service's configuration."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+
+
 def status(layout: Layout) -> dict[str, Any]:
     """Each service's URL and health as supervisord and the health checks see it."""
     state = load_state(layout)
     secrets = read_env_file(layout.secrets) if layout.secrets.exists() else {}
-    checks = health_checks(state, secrets)
-    infos = supervisor.programs(layout.root)
+    checks, infos = health_checks(state, secrets), supervisor.programs(layout.root)
     result: dict[str, dict[str, Any]] = {}
-    for name in (n for n in ORDER if n in infos):
-        running = infos[name]["statename"] == "RUNNING"
+    for name, info in ((n, infos[n]) for n in ORDER if n in infos):
+        running = info["statename"] == "RUNNING"
         result[name] = {
             "running": running,
             "healthy": running and checks[name](),
             "url": state["urls"].get(name),
-            "pid": infos[name]["pid"] or None,
+            "pid": info["pid"] or None,
             "port": state["ports"].get(name),
-            "log": infos[name]["stdout_logfile"],
+            "log": info["stdout_logfile"],
         }
     for name, url in state["external"].items():
+        if name == "postgres":
+            continue  # its URL may hold a password
         result.setdefault(name, {"running": None, "healthy": None, "url": url, "external": True})
     ok = all(r["healthy"] is not False for r in result.values())
     return {"dir": str(layout.root), "healthy": ok, "services": result}

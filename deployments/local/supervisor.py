@@ -21,15 +21,11 @@ CONFIG = "supervisord.conf"
 SOCKET = "supervisor.sock"
 
 
-def _value(text: str) -> str:
+def _value(text: object) -> str:
     """A config value: supervisord expands %(name)s, so a literal % is doubled."""
+    if '"' in str(text):  # values sit in double quotes in `environment=`
+        raise ServiceError("a supervisord.conf value holds a double quote")
     return str(text).replace("%", "%%")
-
-
-def _environment(env: dict[str, str]) -> str:
-    if any('"' in v for v in env.values()):
-        raise ServiceError(f"a value of {sorted(env)} holds a double quote")
-    return ",".join(f'{k}="{_value(v)}"' for k, v in env.items())
 
 
 def write_config(root: Path, programs: list[Program]) -> Path:
@@ -46,11 +42,12 @@ def write_config(root: Path, programs: list[Program]) -> Path:
         f"[supervisorctl]\nserverurl=unix://{_value(root / SOCKET)}\n"
     )
     for priority, program in enumerate(programs, start=1):
+        env = ",".join(f'{k}="{_value(v)}"' for k, v in program.env.items())
         text += (
             f"\n[program:{program.name}]\n"
             f"command={_value(shlex.join(program.command))}\n"
             f"directory={_value(program.cwd)}\n"
-            f"environment={_environment(program.env)}\n"
+            f"environment={env}\n"
             f"priority={priority}\nautostart=false\numask=077\n"
             f"redirect_stderr=true\nstdout_logfile={_value(logs / f'{program.name}.log')}\n"
             "stopwaitsecs=30\n"
@@ -92,10 +89,8 @@ def start_supervisord(root: Path, env: dict[str, str], timeout: float = 30.0) ->
 
 def log_tail(path: Path, lines: int = 40) -> str:
     """The last lines of a log file, for error messages."""
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
+    text = path.read_text(errors="replace") if path.exists() else "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
 
 
 def start_program(root: Path, name: str, healthy: Callable[[], bool], timeout: float) -> float:
