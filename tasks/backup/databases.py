@@ -80,7 +80,9 @@ class Database:
     @property
     def display(self) -> str:
         """The URL with its password masked (safe for manifests and logs)."""
-        return sa.make_url(self.url).render_as_string(hide_password=True)
+        from tasks.ingest import redact
+
+        return redact(self.url)
 
     def exists(self) -> bool:
         """Whether the database is there (a dropped one is restored by creating it)."""

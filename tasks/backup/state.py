@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pynomaly.errors import InputError
+from registry.versions import is_tracking_server
 from tasks.backup.databases import DB_ROLES, Database
 from tasks.store import ArtifactStore
 
@@ -52,7 +53,7 @@ def platform_state(
 ) -> PlatformState:
     """The platform's state from its locations; an MLflow server's database is `backend_uri`."""
     server_uri = None
-    if tracking_uri.startswith(("http://", "https://", "databricks")):
+    if is_tracking_server(tracking_uri):
         server_uri = tracking_uri
         if not backend_uri:
             raise InputError(
