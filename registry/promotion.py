@@ -22,7 +22,7 @@ from typing import Any
 
 from pynomaly.errors import InputError
 from registry.repair import settle_versions
-from registry.versions import CHALLENGER, CHAMPION, _not_found, aliases_of, is_tracking_server
+from registry.versions import CHALLENGER, CHAMPION, _not_found, aliases_of
 
 HISTORY_TAG = "champion_history"
 RETRAIN_TAG = "retrain_history"
@@ -52,6 +52,8 @@ def lock_kind(tracking_uri: str, prefect_server: bool = False) -> str:
     server, when the caller talks to a Prefect server)."""
     if tracking_uri.startswith(("postgresql", "postgres")):
         return "postgres"
+    from registry.tracking import is_tracking_server
+
     if is_tracking_server(tracking_uri) and prefect_server:
         return "prefect"
     return "file"

@@ -77,6 +77,11 @@ def code_version() -> str:
     return f"{version}+{commit}" if commit else version
 
 
+def is_tracking_server(tracking_uri: str) -> bool:
+    """Whether MLflow is a tracking server (it places artifacts; its database is not ours)."""
+    return tracking_uri.startswith(("http://", "https://", "databricks"))
+
+
 def ensure_experiment(name: str, tracking_uri: str, artifact_root: str) -> str:
     """Experiment id, creating it with artifacts under `<artifact_root>/mlflow` if missing.
 
@@ -84,8 +89,6 @@ def ensure_experiment(name: str, tracking_uri: str, artifact_root: str) -> str:
     them with --serve-artifacts), so no location is forced then.
     """
     from mlflow import MlflowClient
-
-    from registry.versions import is_tracking_server
 
     mlflow_client = MlflowClient(tracking_uri)
     found = mlflow_client.get_experiment_by_name(name)

@@ -21,11 +21,6 @@ def client(tracking_uri: str) -> Any:
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
-def is_tracking_server(tracking_uri: str) -> bool:
-    """Whether MLflow is a tracking server (it places artifacts; its database is not ours)."""
-    return tracking_uri.startswith(("http://", "https://", "databricks"))
-
-
 def _not_found(exc: Exception) -> bool:
     return getattr(exc, "error_code", "") in {"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"}
 

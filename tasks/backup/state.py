@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pynomaly.errors import InputError
-from registry.versions import is_tracking_server
 from tasks.backup.databases import DB_ROLES, Database
 from tasks.store import ArtifactStore
 
@@ -52,6 +51,8 @@ def platform_state(
     pg_bin: Path | None = None,
 ) -> PlatformState:
     """The platform's state from its locations; an MLflow server's database is `backend_uri`."""
+    from registry.tracking import is_tracking_server
+
     server_uri = None
     if is_tracking_server(tracking_uri):
         server_uri = tracking_uri
