@@ -2,7 +2,8 @@
 
 Order, top to bottom: deployments > flows > tasks > registry > data_checks > pynomaly. A module
 may import its own layer or any layer below it, never one above (so registry never imports
-tasks, and nothing below deployments imports it). Parsed with ast: nothing is imported.
+tasks, and nothing below deployments imports it). Modules import each other without a cycle:
+the CLI modules, and every module below deployments. Parsed with ast: nothing is imported.
 """
 
 from __future__ import annotations
@@ -97,3 +98,13 @@ def test_the_checks_see_an_upward_import_and_a_cycle() -> None:
     found = imports_of(source, ["deployments", "cli"])
     assert (2, "tasks.detectors") in found
     assert (3, "deployments.cli.out") in found
+
+
+def test_lower_layers_have_no_cycle() -> None:
+    modules = {module_name(p): p for layer in ORDER[1:] for p in layer_files(layer)}
+    edges = {
+        name: {n for _, n in imported(path) if n in modules} - {name}
+        for name, path in modules.items()
+    }
+    cycles = find_cycles(edges)
+    assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
