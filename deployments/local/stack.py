@@ -323,7 +323,9 @@ def up(layout: Layout, settings: Settings, note: Callable[[str, dict], None]) ->
             note(name, entry)
         _prepare_artifacts(state["artifacts"], state["external"].get("s3"))
         if not running:
-            supervisor.start_supervisord(layout.root, _supervisord_env())
+            # This environment without what would leak into a service's configuration.
+            env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+            supervisor.start_supervisord(layout.root, env)
         infos, checks = supervisor.programs(layout.root), health_checks(state, secrets)
         for name in (n for n in ORDER if n in infos):
             entry = {"status": "already running", "url": state["urls"][name]}
@@ -346,11 +348,6 @@ def up(layout: Layout, settings: Settings, note: Callable[[str, dict], None]) ->
         "artifact_root": state["artifacts"],
         "services": report,
     }
-
-
-def _supervisord_env() -> dict[str, str]:
-    """This environment without what would leak into a service's configuration."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
 
 
 def status(layout: Layout) -> dict[str, Any]:

@@ -90,8 +90,8 @@ def test_password_of_a_source_is_nowhere_in_what_a_run_wrote(
     frame = pd.DataFrame(rng.normal(size=(300, 3)), columns=["a", "b", "c"])
     admin = sa.create_engine(pg_url, poolclass=sa.NullPool)
     frame.to_sql("readings", admin, index=False)
-    pg_server.ensure_role(role, token)
     with admin.begin() as conn:
+        conn.exec_driver_sql(f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{token}'")  # hex: no quoting
         conn.exec_driver_sql(f'GRANT SELECT ON readings TO "{role}"')
     admin.dispose()
     url = pg_server.database_url(database, driver="postgresql", login=(role, token))
