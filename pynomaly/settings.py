@@ -93,18 +93,18 @@ class Settings(BaseSettings):
         return self.tracking_uri or f"sqlite:///{self.home_dir / 'mlflow.db'}"
 
     @property
+    def prefect_server(self) -> bool:
+        """Whether flows talk to a Prefect server (events reach automations), not the embedded
+        one: Prefect's own PREFECT_API_URL is set."""
+        return bool(os.environ.get("PREFECT_API_URL"))
+
+    @property
     def artifact_store(self) -> str:
         return self.artifact_root or str(self.home_dir / "artifacts")
 
     @property
     def results_url(self) -> str:
         return self.results_db_url or f"sqlite:///{self.home_dir / 'results.db'}"
-
-    @property
-    def prefect_server(self) -> bool:
-        """Whether flows talk to a Prefect server (events reach automations), not the embedded
-        one: Prefect's own PREFECT_API_URL is set."""
-        return bool(os.environ.get("PREFECT_API_URL"))
 
     @property
     def prefect_home(self) -> Path:
