@@ -201,22 +201,28 @@ def load_scorer(model_uri: str, tracking_uri: str, tags: dict[str, str] | None =
 
     from registry.versions import client
 
-    tags = tags or {}
-    try:
-        # Fetched with explicit URIs, then loaded from the copy: MLflow resolves a models:/
-        # URI against the process-wide registry URI only, which library code never sets.
-        location = model_uri
-        if model_uri.startswith("models:/"):
-            name, _, version = model_uri.removeprefix("models:/").rpartition("/")
-            location = client(tracking_uri).get_model_version_download_uri(name, version)
-        local = mlflow.artifacts.download_artifacts(
-            artifact_uri=location,
-            dst_path=tempfile.mkdtemp(prefix="pynomaly-model-"),
-            tracking_uri=tracking_uri,
-        )
-        info = Model.load(local)  # its MLmodel file: flavours and signature
-    except Exception as exc:
-        raise InputError(f"{model_uri}: cannot read the logged model ({exc})") from exc
+    # Fetched with explicit URIs into a folder removed once loaded (the model is in memory):
+    # MLflow resolves a models:/ URI against the process-wide registry URI only, which library
+    # code never sets.
+    with tempfile.TemporaryDirectory(prefix="pynomaly-model-") as folder:
+        try:
+            location = model_uri
+            if model_uri.startswith("models:/"):
+                name, _, version = model_uri.removeprefix("models:/").rpartition("/")
+                location = client(tracking_uri).get_model_version_download_uri(name, version)
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=location, dst_path=folder, tracking_uri=tracking_uri
+            )
+            info = Model.load(local)  # its MLmodel file: flavours and signature
+        except Exception as exc:
+            raise InputError(f"{model_uri}: cannot read the logged model ({exc})") from exc
+        return _scorer_from(local, info, model_uri, tags or {})
+
+
+def _scorer_from(local: str, info: Any, model_uri: str, tags: dict[str, str]) -> Scorer:
+    """The Scorer of a model downloaded to `local` (MLmodel `info`)."""
+    import mlflow
+
     signature = info.signature
     columns: list[str] = []
     types: dict[str, str] = {}
