@@ -53,9 +53,8 @@ class GateConfig:
     min_stability: float = 0.9  # Spearman of scores on the rows vs on slightly jittered rows
     jitter: float = 0.01  # noise added per numeric column, as a share of its standard deviation
     min_rank_correlation: float = 0.5  # Spearman of challenger vs champion scores
-    min_topk_overlap: float = (
-        0.3  # share of the champion's top-k rows the challenger also ranks top
-    )
+    # share of the champion's top-k rows the challenger also ranks top
+    min_topk_overlap: float = 0.3
     latency_budget_ms_per_1k: float = 2000.0
     resamples: int = 3
     seed: int = 0
@@ -69,7 +68,6 @@ class Scorer:
     columns: list[str]
     input_types: dict[str, str]
     threshold: float | None
-    kind: str
     convention: str
 
 
@@ -248,13 +246,11 @@ def _scorer_from(local: str, info: Any, model_uri: str, tags: dict[str, str]) ->
                 )
             columns = [str(n) for n in names]
             types = {c: "double" for c in columns}
-        kind = "pyod" if convention.startswith("PyOD") else "sklearn"
         return Scorer(
             score_fn=lambda x: np.asarray(score_fn(x[columns]), float),
             columns=columns,
             input_types=types,
             threshold=threshold if threshold is not None else own_threshold,
-            kind=kind,
             convention=convention,
         )
 
@@ -264,20 +260,17 @@ def _scorer_from(local: str, info: Any, model_uri: str, tags: dict[str, str]) ->
             f"{model_uri}: the model has no input signature; log it with a signature "
             "(mlflow.models.infer_signature on a sample of its input)"
         )
-    kind = "pyfunc"
     try:
         inner = model.unwrap_python_model()
     except Exception:  # not a PythonModel (e.g. another flavour's pyfunc loader)
         inner = None
-    if inner is not None and type(inner).__name__ == "DetectorModel":
-        kind = "pynomaly"
+    if type(inner).__name__ == "DetectorModel":
         threshold = float(inner.threshold)
     return Scorer(
         score_fn=lambda x: _pyfunc_scores(model.predict(x[columns])),
         columns=columns,
         input_types=types,
         threshold=threshold,
-        kind=kind,
         convention="pyfunc predict score (higher = anomalous)",
     )
 
@@ -303,6 +296,12 @@ def check_interface(scorer: Scorer, frame: pd.DataFrame, where: str) -> None:
             )
 
 
+def score_checked(scorer: Scorer, frame: pd.DataFrame, where: str) -> np.ndarray:
+    """The scores of `frame`, after checking it fits the model's signature."""
+    check_interface(scorer, frame, where)
+    return score_frame(scorer, frame)[0]
+
+
 def score_frame(scorer: Scorer, frame: pd.DataFrame) -> tuple[np.ndarray, float]:
     """One finite score per row and the scoring time in ms per 1000 rows."""
     started = time.perf_counter()
@@ -315,9 +314,7 @@ def score_frame(scorer: Scorer, frame: pd.DataFrame) -> tuple[np.ndarray, float]
             f"the model failed to score the evaluation data: {type(exc).__name__}: {exc}"
         ) from exc
     elapsed = time.perf_counter() - started
-    scores = (
-        np.asarray(scores, float).reshape(-1) if np.ndim(scores) > 1 else np.asarray(scores, float)
-    )
+    scores = np.asarray(scores, float).reshape(-1)
     if len(scores) != len(frame):
         raise InputError(f"the model returned {len(scores)} scores for {len(frame)} rows")
     bad = ~np.isfinite(scores)
@@ -336,6 +333,14 @@ def score_frame(scorer: Scorer, frame: pd.DataFrame) -> tuple[np.ndarray, float]
 # --------------------------------------------------------------------------- the gate
 
 
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation, 0 where it is undefined (constant scores)."""
+    from scipy.stats import spearmanr
+
+    rho = float(spearmanr(a, b).statistic)
+    return 0.0 if np.isnan(rho) else rho
+
+
 def alert_bounds(expected: float, rows: int, factor: float) -> tuple[float, float]:
     """Accepted alert-rate range: a factor around the expected share, widened by 3 sigma."""
     sigma = float(np.sqrt(expected * (1 - expected) / max(rows, 1)))
@@ -350,8 +355,6 @@ def jitter_stability(
     A fixed model gives fixed scores, so stability is measured under small input noise: a
     detector whose ranking flips under 1% noise is not one to trust with a threshold.
     """
-    from scipy.stats import spearmanr
-
     rows = frame.sample(n=min(len(frame), 2000), random_state=seed) if len(frame) > 2000 else frame
     base, _ = score_frame(scorer, rows)
     rng = np.random.default_rng(seed)
@@ -362,21 +365,30 @@ def jitter_stability(
         for col in numeric:
             std = float(np.nanstd(noisy[col].to_numpy(float))) or 1.0
             noisy[col] = noisy[col] + rng.normal(0, jitter * std, len(noisy))
-        again, _ = score_frame(scorer, noisy)
-        rho = float(spearmanr(base, again).statistic)
-        worst = min(worst, 0.0 if np.isnan(rho) else rho)
+        worst = min(worst, _spearman(base, score_frame(scorer, noisy)[0]))
     return worst
 
 
 def agreement(challenger: np.ndarray, champion: np.ndarray, k: int) -> tuple[float, float]:
     """Spearman rank correlation and top-k overlap of two score vectors on the same rows."""
-    from scipy.stats import spearmanr
-
-    rho = float(spearmanr(challenger, champion).statistic)
     k = max(1, min(k, len(challenger)))
     top_ch = set(np.argsort(-challenger, kind="stable")[:k])
     top_cp = set(np.argsort(-champion, kind="stable")[:k])
-    return (0.0 if np.isnan(rho) else rho), len(top_ch & top_cp) / k
+    return _spearman(challenger, champion), len(top_ch & top_cp) / k
+
+
+def label_metrics(
+    labels: np.ndarray, challenger: np.ndarray, champion: np.ndarray | None, prefix: str = ""
+) -> dict[str, float]:
+    """Average precision and ROC-AUC of the challenger's (and champion's) scores on labels."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    return {
+        f"{who}.{prefix}{key}": float(fn(labels, scores))
+        for key, fn in (("average_precision", average_precision_score), ("roc_auc", roc_auc_score))
+        for who, scores in (("challenger", challenger), ("champion", champion))
+        if scores is not None
+    }
 
 
 def decide(
@@ -431,17 +443,13 @@ def decide(
         check(feedback_ok, feedback_text)
 
     if labels is not None:
-        from sklearn.metrics import average_precision_score, roc_auc_score
-
-        labels = np.asarray(labels, int)
-        for key, fn in (("average_precision", average_precision_score), ("roc_auc", roc_auc_score)):
-            mine = float(fn(labels, challenger_scores))
-            metrics[f"challenger.{key}"] = mine
+        metrics.update(label_metrics(np.asarray(labels, int), challenger_scores, champion_scores))
+        for key in ("average_precision", "roc_auc"):
+            mine = metrics[f"challenger.{key}"]
             if champion_scores is None:
                 passed.append(f"{key} {mine:.4f} (no champion to compare)")
                 continue
-            theirs = float(fn(labels, champion_scores))
-            metrics[f"champion.{key}"] = theirs
+            theirs = metrics[f"champion.{key}"]
             check(
                 mine >= theirs - config.margin,
                 f"{key} {mine:.4f} vs champion {theirs:.4f} (allowed drop {config.margin:g})",
@@ -482,12 +490,7 @@ def decide(
         else:
             passed.append("no champion to compare with")
 
-    if failed:
-        decision = REJECT
-    elif soft:
-        decision = KEEP
-    else:
-        decision = PROMOTE
+    decision = REJECT if failed else KEEP if soft else PROMOTE
     reasons = [f"failed: {t}" for t in failed] + [f"needs review: {t}" for t in soft]
     reasons += [f"ok: {t}" for t in passed]
     return GateDecision(
@@ -507,8 +510,6 @@ def judge_feedback(
     The challenger's average precision over the labelled rows may not drop more than `margin`
     below the champion's on the same rows; ROC-AUC is recorded beside it.
     """
-    from sklearn.metrics import average_precision_score, roc_auc_score
-
     labels = np.asarray(feedback.labels, int)
     anomalies, normals = int(labels.sum()), int((labels == 0).sum())
     metrics.update(
@@ -526,15 +527,12 @@ def judge_feedback(
             f"analyst feedback: {anomalies} labelled anomalies and {normals} normal rows usable "
             f"(judging needs {MIN_FEEDBACK_ANOMALIES} and 2{left}): not judged on labels yet",
         )
-    mine = float(average_precision_score(labels, feedback.challenger))
-    metrics["challenger.feedback_average_precision"] = mine
-    metrics["challenger.feedback_roc_auc"] = float(roc_auc_score(labels, feedback.challenger))
+    metrics.update(label_metrics(labels, feedback.challenger, feedback.champion, "feedback_"))
+    mine = metrics["challenger.feedback_average_precision"]
     what = f"on {len(labels)} labelled rows ({anomalies} anomalies{left})"
     if feedback.champion is None:
         return True, True, f"analyst feedback: average precision {mine:.4f} {what}, no champion"
-    theirs = float(average_precision_score(labels, feedback.champion))
-    metrics["champion.feedback_average_precision"] = theirs
-    metrics["champion.feedback_roc_auc"] = float(roc_auc_score(labels, feedback.champion))
+    theirs = metrics["champion.feedback_average_precision"]
     return (
         True,
         mine >= theirs - margin,
@@ -554,7 +552,6 @@ class Evaluation:
     threshold: float
     threshold_source: str
     convention: str
-    kind: str
 
 
 def holdout_rows(
@@ -598,10 +595,7 @@ def evaluate_version(
     if threshold is None:
         threshold = calibrate_threshold(scores, expected_share)
         source = f"calibrated on {where} at expected share {expected_share:g}"
-    champion_scores = None
-    if champion is not None:
-        check_interface(champion, frame, where)
-        champion_scores, _ = score_frame(champion, frame)
+    champion_scores = None if champion is None else score_checked(champion, frame, where)
     decision = decide(
         scores,
         threshold,
@@ -618,7 +612,7 @@ def evaluate_version(
         feedback=None if feedback is None else score_feedback(feedback, challenger, champion),
     )
     decision.metrics["threshold"] = threshold
-    return Evaluation(decision, threshold, source, challenger.convention, challenger.kind)
+    return Evaluation(decision, threshold, source, challenger.convention)
 
 
 def score_feedback(
@@ -630,12 +624,8 @@ def score_feedback(
         return FeedbackScores(labels, np.zeros(0), None, feedback.left_out)
     where = "the rows analysts labelled"
     try:
-        check_interface(challenger, feedback.features, where)
-        mine, _ = score_frame(challenger, feedback.features)
-        theirs = None
-        if champion is not None:
-            check_interface(champion, feedback.features, where)
-            theirs, _ = score_frame(champion, feedback.features)
+        mine = score_checked(challenger, feedback.features, where)
+        theirs = None if champion is None else score_checked(champion, feedback.features, where)
     except InputError:
         # Rows of older batches may not fit a model's signature: they cannot judge it, and the
         # model is judged on its evaluation data as before (the reason counts them left out).

@@ -382,7 +382,6 @@ def test_feedback_rows_that_do_not_fit_the_model_are_left_out_not_rejected() -> 
         columns=["a"],
         input_types={"a": "double"},
         threshold=0.0,
-        kind="sklearn",
         convention="a",
     )
     old_batch = pd.DataFrame({"other": np.arange(8.0)})

@@ -118,25 +118,21 @@ def test_sklearn_scores_are_negated_so_higher_is_anomalous():
 
 def test_interface_errors_name_the_missing_column():
     scorer = Scorer(
-        lambda f: np.zeros(len(f)), ["a", "zz"], {"a": "double", "zz": "double"}, None, "pyfunc", ""
+        lambda f: np.zeros(len(f)), ["a", "zz"], {"a": "double", "zz": "double"}, None, ""
     )
     with pytest.raises(InputError, match="zz"):
         check_interface(scorer, pd.DataFrame({"a": [1.0]}), "data.csv")
 
 
 def test_labels_instead_of_scores_are_refused():
-    scorer = Scorer(
-        lambda f: np.where(f["a"] > 0, 1, -1), ["a"], {"a": "double"}, None, "pyfunc", ""
-    )
+    scorer = Scorer(lambda f: np.where(f["a"] > 0, 1, -1), ["a"], {"a": "double"}, None, "")
     frame = pd.DataFrame({"a": np.linspace(-1, 1, 50)})
     with pytest.raises(InputError, match="labels"):
         score_frame(scorer, frame)
 
 
 def test_non_finite_scores_are_refused():
-    scorer = Scorer(
-        lambda f: np.r_[np.ones(len(f) - 1), np.nan], ["a"], {"a": "double"}, None, "pyfunc", ""
-    )
+    scorer = Scorer(lambda f: np.r_[np.ones(len(f) - 1), np.nan], ["a"], {"a": "double"}, None, "")
     with pytest.raises(InputError, match="non-finite score for row 20"):
         score_frame(scorer, pd.DataFrame({"a": np.arange(20.0)}))
 
