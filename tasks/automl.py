@@ -34,7 +34,7 @@ import pandas as pd
 
 from pynomaly.errors import InputError
 from registry.model import calibrate_threshold
-from tasks.detectors import DEFAULT_CONTAMINATION, make_preprocessor, split_columns
+from tasks.detectors import DEFAULT_CONTAMINATION, make_preprocessor
 from tasks.search_space import (
     CLASSIFIER_DEFAULTS,
     CLASSIFIER_PARAMS,
@@ -69,12 +69,6 @@ def _as_frame(X: Any) -> pd.DataFrame:
     return pd.DataFrame(array, columns=[f"x{i}" for i in range(array.shape[1])])
 
 
-def _preprocessor(frame: pd.DataFrame, scaler: str) -> Any:
-    """Impute/scale/one-hot preprocessing for the columns of a frame, unfitted."""
-    numeric, categorical = split_columns(frame)
-    return make_preprocessor(numeric, categorical, scaler)
-
-
 class ScoreEnsemble:
     """Preprocessing + one or more META_MEMBERS detectors, scores combined against training.
 
@@ -96,7 +90,7 @@ class ScoreEnsemble:
     def fit(self, X: Any, y: Any = None) -> ScoreEnsemble:
         """Fit the preprocessor and every member; keep each member's training scores."""
         frame = _as_frame(X)
-        self.preprocessor_ = _preprocessor(frame, self.scaler).fit(frame)
+        self.preprocessor_ = make_preprocessor(frame, self.scaler).fit(frame)
         matrix = self.preprocessor_.transform(frame)
         seed = 0 if self.random_state is None else self.random_state
         self.detectors_ = [fit_member(m, matrix, seed) for m in self.members]
@@ -141,7 +135,7 @@ class LabelledModel:
 
     def fit(self, X: Any, y: Any) -> LabelledModel:
         frame = _as_frame(X)
-        self.preprocessor_ = _preprocessor(frame, SCALER).fit(frame)
+        self.preprocessor_ = make_preprocessor(frame, SCALER).fit(frame)
         matrix = self.preprocessor_.transform(frame)
         if self.kind == "classifier":
             scorer = ClassifierScorer(self.params, self.random_state)
@@ -190,7 +184,7 @@ def label_free_ranking(
     from tasks.metaselect import shipped_meta_model
 
     model = meta_model if meta_model is not None else shipped_meta_model()
-    matrix = _preprocessor(frame, SCALER).fit_transform(frame)
+    matrix = make_preprocessor(frame, SCALER).fit_transform(frame)
     return model.rank(meta_features(matrix, random_state), allowed=list(META_CONFIGS))
 
 
@@ -200,9 +194,8 @@ def pooled_members(ranking: list[tuple[str, float]], top_k: int = META_TOP_K) ->
     return [m for m in META_MEMBERS if m in chosen]
 
 
-def _label_free_config(ranking: list[tuple[str, float]], fit_on: str) -> dict[str, Any]:
-    """The pooled label-free configuration, described like every AutoML choice."""
-    members = pooled_members(ranking)
+def _detector_config(members: list[str], fit_on: str) -> dict[str, Any]:
+    """The configuration of pooled label-free members, described like every AutoML choice."""
     return {
         "kind": "detector",
         "detector": members[0] if len(members) == 1 else f"z({'+'.join(members)})",
@@ -210,10 +203,6 @@ def _label_free_config(ranking: list[tuple[str, float]], fit_on: str) -> dict[st
         "scaler": SCALER,
         "combine": None if len(members) == 1 else "zscore",
         "fit_on": fit_on,
-        "ranking": [
-            {"config": name, "predicted_relative_roc_auc": round(value, 4)}
-            for name, value in ranking[:5]
-        ],
     }
 
 
@@ -268,15 +257,7 @@ def suggest_config(trial: Any, detector_members: tuple[str, ...]) -> dict[str, A
     """A labelled configuration sampled by the trial."""
     kind = trial.suggest_categorical("kind", LABELLED_KINDS)
     if kind == "detector":
-        members = list(detector_members)
-        return {
-            "kind": kind,
-            "detector": members[0] if len(members) == 1 else f"z({'+'.join(members)})",
-            "detectors": [{"name": m, "params": META_MEMBERS[m][1]} for m in members],
-            "scaler": SCALER,
-            "combine": None if len(members) == 1 else "zscore",
-            "fit_on": "normal",
-        }
+        return _detector_config(list(detector_members), "normal")
     params = {key: _suggest(trial, key, spec) for key, spec in CLASSIFIER_PARAMS.items()}
     detector = "hgb" if kind == "classifier" else f"xgbod(hgb+{'+'.join(XGBOD_MEMBERS)})"
     return {
@@ -325,15 +306,6 @@ def cv_folds(y: np.ndarray, random_state: int) -> list[tuple[np.ndarray, np.ndar
     return list(folds.split(np.zeros(len(y)), y))
 
 
-def _metric(name: str, y: np.ndarray, scores: np.ndarray) -> float:
-    """Average precision or ROC-AUC of scores against labels."""
-    from sklearn.metrics import average_precision_score, roc_auc_score
-
-    if name == "roc_auc":
-        return float(roc_auc_score(y, scores))
-    return float(average_precision_score(y, scores))
-
-
 def _trial_value(value: float) -> float:
     """A trial's value rounded, so float noise (1.0 vs 1.0000000000000002) never picks the best."""
     return round(float(value), 12)
@@ -342,7 +314,9 @@ def _trial_value(value: float) -> float:
 def objective(trial: Any, settings: SearchSettings) -> float:
     """Cross-validated metric of one labelled configuration on the search rows."""
     import optuna
+    from sklearn import metrics
 
+    metric = getattr(metrics, f"{settings.metric}_score")  # "roc_auc" -> roc_auc_score
     config = suggest_config(trial, settings.detector_members)
     trial.set_user_attr("config", config)
     trial.set_user_attr("worker", settings.worker)
@@ -358,7 +332,7 @@ def objective(trial: Any, settings: SearchSettings) -> float:
             config, settings.X.iloc[fit_rows], settings.y[fit_rows], settings.random_state
         )
         scores = model.decision_function(settings.X.iloc[held_rows])
-        values.append(_metric(settings.metric, settings.y[held_rows], scores))
+        values.append(metric(settings.y[held_rows], scores))
         trial.report(float(np.mean(values)), step)
         if trial.should_prune():
             raise optuna.TrialPruned()
@@ -432,7 +406,7 @@ def _worker(
     settings: SearchSettings,
     n_trials: int | None,
     worker_index: int,
-) -> int:
+) -> None:
     """One spawned process: load the shared study and run trials on it."""
     import optuna
 
@@ -444,7 +418,6 @@ def _worker(
     )
     # The deadline is wall-clock time shared by all processes, so spawn start-up counts too.
     _optimize(study, settings, n_trials, settings.deadline - time.time(), [])
-    return worker_index
 
 
 def _run_workers(
@@ -457,35 +430,26 @@ def _run_workers(
     """Run n_workers spawned processes on one shared study and wait for them."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
+    from functools import partial
 
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(n_workers, mp_context=context) as pool:
-        futures = [
-            pool.submit(_worker, study_name, storage, settings, n_trials, index)
-            for index in range(n_workers)
-        ]
-        for future in futures:
-            future.result()
+        list(pool.map(partial(_worker, study_name, storage, settings, n_trials), range(n_workers)))
 
 
 def trial_info(trial: Any) -> dict[str, Any]:
     """A flat description of one trial (what the leaderboard and trial_callback get)."""
-    config = trial.user_attrs.get("config")
-    seconds = (
-        (trial.datetime_complete - trial.datetime_start).total_seconds()
-        if trial.datetime_complete and trial.datetime_start
-        else None
-    )
+    config = trial.user_attrs.get("config") or {}
     return {
         "number": trial.number,
-        "detector": config["detector"] if config else None,
+        "detector": config.get("detector"),
         "params": (
             {d["name"]: d["params"] for d in config["detectors"]} if config else dict(trial.params)
         ),
-        "scaler": config["scaler"] if config else None,
-        "fit_on": config["fit_on"] if config else None,
+        "scaler": config.get("scaler"),
+        "fit_on": config.get("fit_on"),
         "value": trial.value,
-        "seconds": seconds,
+        "seconds": trial.duration.total_seconds() if trial.duration else None,
         "state": trial.state.name,
         "worker": trial.user_attrs.get("worker"),
     }
@@ -623,7 +587,11 @@ def _fit_label_free(
     frame: pd.DataFrame, labels: np.ndarray | None, ranking: list[tuple[str, float]], seed: int
 ) -> tuple[Any, dict[str, Any], pd.DataFrame]:
     """The meta-model's first choice, fitted on all rows (or the normal ones, when labelled)."""
-    config = _label_free_config(ranking, "all" if labels is None else "normal")
+    config = _detector_config(pooled_members(ranking), "all" if labels is None else "normal")
+    config["ranking"] = [
+        {"config": name, "predicted_relative_roc_auc": round(value, 4)}
+        for name, value in ranking[:5]
+    ]
     model = fit_config(config, frame, labels, seed)
     return model, {**config, "value": ranking[0][1], "trial": None}, _ranking_board(ranking)
 

@@ -79,38 +79,19 @@ def make_detector(
     return cls(**kwargs)
 
 
-def split_columns(frame: pd.DataFrame) -> tuple[list[str], list[str]]:
-    """Numeric and categorical feature columns of a frame."""
+def make_preprocessor(frame: pd.DataFrame, scaler: str = "standard") -> ColumnTransformer:
+    """Impute, scale the numeric columns of a frame and one-hot encode the others; unfitted."""
     numeric = [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c])]
     categorical = [c for c in frame.columns if c not in numeric]
-    return numeric, categorical
-
-
-def make_preprocessor(
-    numeric: list[str], categorical: list[str], scaler: str = "standard"
-) -> ColumnTransformer:
-    """Impute, scale numeric columns and one-hot encode categorical ones."""
     steps: list[tuple[str, Any]] = [("impute", SimpleImputer(strategy="median"))]
     if scaler != "none":
         steps.append(("scale", SCALERS[scaler]()))
     transformers: list[tuple[str, Any, list[str]]] = [("num", Pipeline(steps), numeric)]
     if categorical:
+        onehot = OneHotEncoder(handle_unknown="ignore", sparse_output=False, max_categories=20)
+        impute = SimpleImputer(strategy="most_frequent")
         transformers.append(
-            (
-                "cat",
-                Pipeline(
-                    [
-                        ("impute", SimpleImputer(strategy="most_frequent")),
-                        (
-                            "onehot",
-                            OneHotEncoder(
-                                handle_unknown="ignore", sparse_output=False, max_categories=20
-                            ),
-                        ),
-                    ]
-                ),
-                categorical,
-            )
+            ("cat", Pipeline([("impute", impute), ("onehot", onehot)]), categorical)
         )
     return ColumnTransformer(transformers, sparse_threshold=0.0)
 
@@ -125,10 +106,9 @@ def make_pipeline(
     random_state: int | None = 0,
 ) -> Pipeline:
     """Preprocessing and detector in one scikit-learn Pipeline, unfitted."""
-    numeric, categorical = split_columns(features)
     return Pipeline(
         [
-            ("preprocess", make_preprocessor(numeric, categorical, scaler)),
+            ("preprocess", make_preprocessor(features, scaler)),
             (
                 "detector",
                 make_detector(
