@@ -11,3 +11,8 @@ class ValidationFailed(InputError):
     def __init__(self, message: str, quarantine_path: str | None = None):
         super().__init__(message)
         self.quarantine_path = quarantine_path
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message ("" when it has none)."""
+    return next(iter(str(exc).strip().splitlines()), "")

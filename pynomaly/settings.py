@@ -126,7 +126,7 @@ class Settings(BaseSettings):
     @property
     def prefect_database_url(self) -> str | None:
         """The embedded Prefect SQLite DB, unless a Prefect server (or another DB) holds it."""
-        if os.environ.get("PREFECT_API_URL"):
+        if self.prefect_server:
             return None  # a Prefect server owns its database; back it up where it runs
         path = self.prefect_home / "prefect.db"
         configured = os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL")
@@ -183,8 +183,6 @@ CHECKED_PREFIXES = ("PYNOMALY_", "MLFLOW_", "PREFECT_", "AWS_", "POSTGRES_", "MI
 
 def refuse_placeholders(values: dict[str, str], where: str = "the environment") -> None:
     """Raise InputError naming the first variable whose value still holds `change-me`."""
-    from pynomaly.errors import InputError
-
     for name in sorted(values):
         if name.startswith(CHECKED_PREFIXES) and PLACEHOLDER in values[name].lower():
             raise InputError(
@@ -208,7 +206,7 @@ def apply_runtime_environment(settings: Settings) -> None:
         check_writable(Path(os.environ["PREFECT_HOME"]).expanduser(), "PREFECT_HOME")
     else:
         check_writable(settings.prefect_home, f"{ENV_PREFIX}HOME")
-    os.environ.setdefault("PREFECT_HOME", str(settings.prefect_home))
+        os.environ["PREFECT_HOME"] = str(settings.prefect_home)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     settings.export_client_environment()

@@ -7,30 +7,23 @@ from typing import Annotated, Any
 
 import typer
 from rich.filesize import decimal
-from rich.table import Table
+from rich.table import Column, Table
 
-from deployments.cli.options import DebugOpt, JsonOpt
-from deployments.cli.output import err, out, run, show
+from deployments.cli.options import DebugOpt, JsonOpt, group
+from deployments.cli.output import err, out, run, say, show
 
-backup_app = typer.Typer(
-    help="Back up, verify, restore and prune the platform state (DBs, suites, artifacts).",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
+backup_app = group("Back up, verify, restore and prune.")
 
 IdArg = Annotated[str, typer.Argument(help="Backup id, or 'latest'.")]
 
 
-def _store_and_state(need_state: bool = True) -> tuple[Any, Any]:
-    """The backup store and (when asked) the platform state, from settings."""
-    from flows.backup_platform import platform_state
+def _store() -> Any:
+    """The backup store the settings name."""
     from pynomaly.settings import get_settings
     from tasks import backup
 
     settings = get_settings()
-    store = backup.backup_store(settings.backup_store_root, settings.s3_endpoint_url)
-    return store, platform_state(settings) if need_state else None
+    return backup.backup_store(settings.backup_store_root, settings.s3_endpoint_url)
 
 
 def _key(store: Any, create: bool = False) -> Any:
@@ -79,16 +72,15 @@ def list_(as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
     def work() -> dict[str, Any]:
         from tasks import backup
 
-        store, _ = _store_and_state(need_state=False)
+        store = _store()
         return {"store": store.root, "backups": backup.list_backups(store, _key(store))}
 
     result = run(work, as_json=as_json, debug=debug, status="Listing backups…")
     if as_json:
         return
-    table = Table(title=f"Backups in {result['store']}", title_justify="left")
-    table.add_column("id", no_wrap=True)
-    for column in ("status", "kind", "size", "model versions", "detection rows", "artifacts"):
-        table.add_column(column)
+    columns = ("status", "kind", "size", "model versions", "detection rows", "artifacts")
+    title = f"Backups in {result['store']}"
+    table = Table(Column("id", no_wrap=True), *columns, title=title, title_justify="left")
     for b in result["backups"]:
         c = b["counts"]
         table.add_row(
@@ -103,16 +95,8 @@ def list_(as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
     out.print(table)
     for b in result["backups"]:
         if b["problem"]:
-            out.print(
-                f"{b['id']}: {b['status']}: {b['problem']}",
-                markup=False,
-                highlight=False,
-                soft_wrap=True,
-            )
-        for warning in b["warnings"]:
-            out.print(
-                f"{b['id']}: warning: {warning}", markup=False, highlight=False, soft_wrap=True
-            )
+            say(f"{b['id']}: {b['status']}: {b['problem']}")
+        say(*(f"{b['id']}: warning: {warning}" for warning in b["warnings"]))
 
 
 @backup_app.command()
@@ -131,7 +115,7 @@ def verify(
         from tasks import backup
         from tasks.staging import staging_folder
 
-        store, _ = _store_and_state(need_state=False)
+        store = _store()
         resolved = backup.resolve_backup_id(store, backup_id)
         with staging_folder("pynomaly-verify-", get_settings().staging_dir) as folder:
             manifest = backup.verify_backup(store, resolved, folder, _key(store))
@@ -179,11 +163,14 @@ def restore(
         typer.confirm(f"Overwrite the platform state with backup {backup_id}?", abort=True)
 
     def work() -> dict[str, Any]:
+        from flows.backup_platform import platform_state
+        from pynomaly.settings import get_settings
         from tasks import backup
 
-        store, state = _store_and_state()
+        store = _store()
         # The key signs the pre-restore backup too, so it is made here if there is none yet.
         key = _key(store, create=True)
+        state = platform_state(get_settings())
         return backup.restore_backup(
             state, store, backup_id, key=key, trust_unsigned=trust_unsigned
         )
@@ -216,7 +203,7 @@ def prune(
         from tasks import backup
 
         settings = get_settings()
-        store, _ = _store_and_state(need_state=False)
+        store = _store()
         result = backup.prune_backups(
             store,
             keep_last=settings.backup_keep_last,

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from deployments.cli.options import DebugOpt, JsonOpt
-from deployments.cli.output import out, run, show
+from deployments.cli.output import run, say, show
 
 
 def deploy(
@@ -23,7 +23,7 @@ def deploy(
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Register the Prefect deployments and the drift -> retrain automation on the server."""
+    """Register the Prefect deployments and the drift -> retrain automation."""
     from deployments.deploy import register as register_project
 
     result = run(
@@ -44,10 +44,9 @@ def deploy(
             },
         )
     auto = result["automation"]
-    out.print(
+    say(
         f"automation: {auto['name']} ({auto['event']} -> retrain)"
         if auto
         else "automation: not created (the retrain deployment was not deployed)",
-        markup=False,
+        f"Prefect API: {result['api_url']}  ({result['seconds']} s)",
     )
-    out.print(f"Prefect API: {result['api_url']}  ({result['seconds']} s)", markup=False)

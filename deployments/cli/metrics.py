@@ -9,15 +9,10 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from deployments.cli.options import DebugOpt, JsonOpt
-from deployments.cli.output import out, run, show
+from deployments.cli.options import DebugOpt, JsonOpt, group
+from deployments.cli.output import out, run, say, show
 
-metrics_app = typer.Typer(
-    help="Platform metrics for Prometheus: serve them, or show them once.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
+metrics_app = group("Prometheus metrics: serve or show.")
 
 PortOpt = Annotated[int, typer.Option("--port", help="Port of the /metrics endpoint.")]
 HostOpt = Annotated[
@@ -62,7 +57,7 @@ def serve(
         return {"url": f"http://{host}:{port}/metrics"}
 
     result = run(work, as_json=False, debug=debug, status="Starting the exporter…")
-    out.print(f"Serving {result['url']} (Ctrl+C stops)", markup=False, highlight=False)
+    say(f"Serving {result['url']} (Ctrl+C stops)")
     try:
         threading.Event().wait()  # the server runs in a daemon thread
     except KeyboardInterrupt:
@@ -84,9 +79,7 @@ def show_(as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
 
     result = run(work, as_json=as_json, debug=debug, status="Reading metrics…")
     if not as_json:
-        table = Table(title="Pynomaly metrics", title_justify="left")
-        for column in ("metric", "labels", "value"):
-            table.add_column(column)
+        table = Table("metric", "labels", "value", title="Pynomaly metrics", title_justify="left")
         for s in result["samples"]:
             labels = ", ".join(f"{k}={v}" for k, v in s["labels"].items())
             table.add_row(s["name"], labels, f"{s['value']:.6g}")
@@ -122,6 +115,6 @@ def health(
             for name, c in result["checks"].items()
         }
         show("Pynomaly health", rows)
-        out.print("healthy" if result["healthy"] else "UNHEALTHY", markup=False)
+        say("healthy" if result["healthy"] else "UNHEALTHY")
     if not result["healthy"]:
         raise typer.Exit(1)

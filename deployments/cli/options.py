@@ -33,6 +33,13 @@ BatchOpt = Annotated[
 ]
 
 
+def group(help: str, **kw: Any) -> typer.Typer:
+    """A command group: its help on no arguments, plain tracebacks, no completion commands."""
+    return typer.Typer(
+        help=help, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False, **kw
+    )
+
+
 class OneLineUsageErrors(TyperGroup):
     """Usage errors (a bad option value, a missing option, an unknown command) as one line on
     stderr naming the option and value, exit code 2, like every other bad input."""

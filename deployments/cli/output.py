@@ -52,7 +52,7 @@ def run(
     `checks` validates the arguments before Prefect starts; with --json, whatever libraries
     print on stdout (MLflow's "View run" lines) is kept off it: stdout is the one JSON object.
     """
-    from pynomaly.errors import InputError
+    from pynomaly.errors import InputError, first_line
     from pynomaly.settings import apply_runtime_environment, get_settings
 
     if not debug:
@@ -95,9 +95,8 @@ def run(
     except Exception as exc:
         if debug:
             traceback.print_exc()
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         err.print(
-            f"error: {type(exc).__name__}: {message} (run with --debug for the traceback)",
+            f"error: {type(exc).__name__}: {first_line(exc)} (run with --debug for the traceback)",
             markup=False,
             highlight=False,
             soft_wrap=True,
@@ -149,18 +148,17 @@ def _check_local_file(source: str | None) -> None:
     """Fail at once on a missing local file, an s3:// URI without a key, a SQL URL with a
     password or an unset env: reference, before the seconds Prefect takes to start."""
     from pynomaly.errors import InputError
-    from tasks.ingest import check_source, is_reference
+    from tasks.ingest import check_s3_source, check_source, is_reference
 
-    if source:
-        # Before Prefect records the source as a flow parameter: no password may be in it.
-        check_source(source)
-    if source and is_reference(source):
+    if not source:
         return
-    if source and "://" not in source and not os.path.exists(source):
+    # Before Prefect records the source as a flow parameter: no password may be in it.
+    check_source(source)
+    if is_reference(source):
+        return
+    if "://" not in source and not os.path.exists(source):
         raise InputError(f"{source}: file not found")
-    if source and source.startswith("s3://"):
-        from tasks.ingest import check_s3_source
-
+    if source.startswith("s3://"):
         check_s3_source(source)
 
 

@@ -21,7 +21,7 @@ from deployments.cli.options import (
     TrialsOpt,
     WorkersOpt,
 )
-from deployments.cli.output import out, run, show
+from deployments.cli.output import run, say, show
 
 
 def check_train_options(detector: str, contamination: float | None, delimiter: str = ",") -> None:
@@ -315,9 +315,7 @@ def demo(
     rows["batch id"] = result["batch_id"]
     rows["seconds"] = result["seconds"]
     show("Pynomaly demo: breast-cancer (benign = normal, malignant = anomaly)", rows)
-    out.print("Open the UIs on this state:")
-    for command in result["ui"].values():
-        out.print(f"  {command}", markup=False, highlight=False, soft_wrap=True)
+    say("Open the UIs on this state:", *(f"  {command}" for command in result["ui"].values()))
 
 
 def feedback(

@@ -7,15 +7,10 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from deployments.cli.options import DebugOpt, DelimOpt, JsonOpt, QueryOpt
+from deployments.cli.options import DebugOpt, DelimOpt, JsonOpt, QueryOpt, group
 from deployments.cli.output import out, run, say
 
-registry_app = typer.Typer(
-    help="The model registry: lineage, promotion gate, promotion and rollback.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
+registry_app = group("Models: list, show, gate, promote, roll back.")
 
 NameArg = Annotated[str, typer.Argument(help="Registered model name.")]
 
@@ -57,18 +52,8 @@ def list_cmd(as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
     result = run(work, as_json=as_json, debug=debug, status="Reading the registry…")
     if as_json:
         return
-    table = Table(title="Registered models", title_justify="left")
-    for col in (
-        "model",
-        "versions",
-        "champion",
-        "aliases",
-        "detector",
-        "dataset",
-        "sha256",
-        "latest gate",
-    ):
-        table.add_column(col)
+    columns = ("model", "versions", "champion", "aliases", "detector", "dataset", "sha256")
+    table = Table(*columns, "latest gate", title="Registered models", title_justify="left")
     for m in result["models"]:
         table.add_row(
             m["name"],

@@ -10,12 +10,10 @@ from typing import Annotated, Any
 
 import typer
 
+from deployments.cli.options import group
 from deployments.cli.output import err, quiet_libraries, say
 
-services_app = typer.Typer(
-    help="Start, stop and check local PostgreSQL, MLflow and Prefect servers.",
-    no_args_is_help=True,
-)
+services_app = group("Local production services.")
 DirOption = Annotated[
     Path | None,
     typer.Option(

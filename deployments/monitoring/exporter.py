@@ -220,9 +220,7 @@ def read_results(engine: Any, now: datetime) -> dict[str, ModelResults]:
             m = found.setdefault(name, ModelResults())
             m.rows_by_version[int(version)] = int(rows)
             m.anomalies += int(anomalies)
-            last = _utc(last)
-            if last is not None and (m.last_scored is None or last > m.last_scored):
-                m.last_scored = last
+            m.last_scored = max(filter(None, (m.last_scored, _utc(last))), default=None)
         for name, rows_24h, anomalies_24h, rows_7d, anomalies_7d in conn.execute(windows):
             m = found.setdefault(name, ModelResults())
             m.rows_24h, m.anomalies_24h = int(rows_24h), int(anomalies_24h)
@@ -257,29 +255,25 @@ def check_tracking_store(tracking_uri: str) -> None:
 
 def read_registry(tracking_uri: str) -> dict[str, ModelRegistration]:
     """Every registered model with its version count and champion (one search per model)."""
+    from mlflow.utils import get_results_from_paginated_fn
+
     from registry.versions import CHAMPION, client
 
     check_tracking_store(tracking_uri)
     mlflow_client = client(tracking_uri)
+    models = get_results_from_paginated_fn(
+        lambda n, token: mlflow_client.search_registered_models(max_results=n, page_token=token),
+        max_results_per_page=200,
+    )
     found: dict[str, ModelRegistration] = {}
-    token = None
-    while True:
-        page = mlflow_client.search_registered_models(max_results=200, page_token=token)
-        for rm in page:
-            versions = {
-                int(v.version): v.status
-                for v in mlflow_client.search_model_versions(f"name='{rm.name}'")
-            }
-            aliases = {a: int(v) for a, v in (rm.aliases or {}).items()}
-            champion = aliases.get(CHAMPION)
-            found[rm.name] = ModelRegistration(
-                versions=len(versions),
-                champion=champion,
-                champion_exists=champion is not None and versions.get(champion) == "READY",
-            )
-        token = page.token
-        if not token:
-            return found
+    for rm in models:
+        versions = mlflow_client.search_model_versions(f"name='{rm.name}'")
+        statuses = {int(v.version): v.status for v in versions}
+        champion = int(rm.aliases[CHAMPION]) if CHAMPION in (rm.aliases or {}) else None
+        found[rm.name] = ModelRegistration(
+            len(statuses), champion, champion_exists=statuses.get(champion) == "READY"
+        )
+    return found
 
 
 # Stores --------------------------------------------------------------------------------------
@@ -394,50 +388,40 @@ class PlatformCollector:
     def collect(self) -> Iterator[Any]:
         values = self.read()
         fam = _families()
+
+        def add(name: str, labels: list[str], value: float | None) -> None:
+            if value is not None:  # an unknown value (no champion, no backup...) is absent
+                fam[name].add_metric(labels, value)
+
         results = values["results"]
-        if not isinstance(results, Exception):
-            for model, m in sorted(results.items()):
-                for version, rows in sorted(m.rows_by_version.items()):
-                    fam["pynomaly_detection_rows"].add_metric([model, str(version)], rows)
-                fam["pynomaly_anomalies"].add_metric([model], m.anomalies)
-                if m.last_scored is not None:
-                    fam["pynomaly_last_scored_timestamp_seconds"].add_metric(
-                        [model], m.last_scored.timestamp()
-                    )
-                fam["pynomaly_detection_rows_24h"].add_metric([model], m.rows_24h)
-                if m.share_24h is not None:
-                    fam["pynomaly_anomaly_share_24h"].add_metric([model], m.share_24h)
-                if m.share_7d is not None:
-                    fam["pynomaly_anomaly_share_7d"].add_metric([model], m.share_7d)
-                for version, c in sorted(m.feedback.items()):
-                    key = [model, str(version)]
-                    if c.flagged_precision is not None:
-                        fam["pynomaly_flagged_precision"].add_metric(key, c.flagged_precision)
-                    for name, value in (
-                        ("labelled_flagged_rows", c.labelled_flagged),
-                        ("labelled_rows", c.labelled_rows),
-                        ("labelled_anomalies", c.labelled_anomalies),
-                    ):
-                        fam[f"pynomaly_feedback_{name}"].add_metric(key, value)
+        for model, m in sorted({} if isinstance(results, Exception) else results.items()):
+            for version, rows in sorted(m.rows_by_version.items()):
+                add("pynomaly_detection_rows", [model, str(version)], rows)
+            add("pynomaly_anomalies", [model], m.anomalies)
+            last = m.last_scored.timestamp() if m.last_scored else None
+            add("pynomaly_last_scored_timestamp_seconds", [model], last)
+            add("pynomaly_detection_rows_24h", [model], m.rows_24h)
+            add("pynomaly_anomaly_share_24h", [model], m.share_24h)
+            add("pynomaly_anomaly_share_7d", [model], m.share_7d)
+            for version, c in sorted(m.feedback.items()):
+                key = [model, str(version)]
+                add("pynomaly_flagged_precision", key, c.flagged_precision)
+                add("pynomaly_feedback_labelled_flagged_rows", key, c.labelled_flagged)
+                add("pynomaly_feedback_labelled_rows", key, c.labelled_rows)
+                add("pynomaly_feedback_labelled_anomalies", key, c.labelled_anomalies)
         registry = values["registry"]
-        if not isinstance(registry, Exception):
-            for model, r in sorted(registry.items()):
-                if r.champion is not None:
-                    fam["pynomaly_champion_version"].add_metric([model], r.champion)
-                fam["pynomaly_model_has_champion"].add_metric([model], int(r.champion_exists))
-                fam["pynomaly_registered_model_versions"].add_metric([model], r.versions)
+        for model, r in sorted({} if isinstance(registry, Exception) else registry.items()):
+            add("pynomaly_champion_version", [model], r.champion)
+            add("pynomaly_model_has_champion", [model], int(r.champion_exists))
+            add("pynomaly_registered_model_versions", [model], r.versions)
         backups = values["backups"]
         if not isinstance(backups, Exception):
-            age = backups.newest_age_seconds(values["now"])
-            if age is not None:
-                fam["pynomaly_backup_newest_age_seconds"].add_metric([], age)
-            fam["pynomaly_backup_count"].add_metric([], backups.count)
+            add("pynomaly_backup_newest_age_seconds", [], backups.newest_age_seconds(values["now"]))
+            add("pynomaly_backup_count", [], backups.count)
         for source in SOURCES:
-            seconds = values["seconds"][source]
-            fam["pynomaly_scrape_duration_seconds"].add_metric([source], seconds)
-            failed = isinstance(values[source], Exception)
-            fam["pynomaly_scrape_error"].add_metric([source], int(failed))
-            fam["pynomaly_scrape_errors"].add_metric([source], self._errors[source])
+            add("pynomaly_scrape_duration_seconds", [source], values["seconds"][source])
+            add("pynomaly_scrape_error", [source], int(isinstance(values[source], Exception)))
+            add("pynomaly_scrape_errors", [source], self._errors[source])
         yield from fam.values()
 
     def close(self) -> None:

@@ -14,6 +14,7 @@ from deployments.monitoring.exporter import (
     read_registry,
     results_reader_engine,
 )
+from pynomaly.errors import InputError, first_line
 
 
 def _check(work: Callable[[], str]) -> dict[str, Any]:
@@ -21,20 +22,18 @@ def _check(work: Callable[[], str]) -> dict[str, Any]:
     try:
         return {"ok": True, "detail": work()}
     except Exception as exc:  # noqa: BLE001 - a failed check is a result, not a crash
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        return {"ok": False, "detail": f"{type(exc).__name__}: {text}".rstrip(": ")}
+        return {"ok": False, "detail": f"{type(exc).__name__}: {first_line(exc)}".rstrip(": ")}
 
 
 def champion_loads(tracking_uri: str, name: str, version: int) -> str:
     """Raise InputError naming the model when its champion's artifacts do not load."""
-    from pynomaly.errors import InputError
     from registry.promotion import check_loadable
     from registry.versions import client
 
     try:
         check_loadable(client(tracking_uri), tracking_uri, name, version)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc) or type(exc).__name__
         raise InputError(f"{name} v{version}: artifacts do not load ({first})") from exc
     return f"v{version}, artifacts load"
 
@@ -48,8 +47,6 @@ def health_report(
     """Check every dependency of the platform: {healthy, checks: {name: {ok, detail}}}; every
     champion is loaded from its artifacts (downloaded, not scored)."""
     import sqlalchemy as sa
-
-    from pynomaly.errors import InputError
 
     now = now or datetime.now(UTC)
 
