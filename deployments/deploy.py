@@ -8,6 +8,7 @@ creates it and replaces it on every deploy.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -59,13 +60,6 @@ def entrypoint_file(entrypoint: str, root: Path) -> Path:
     return root / entrypoint.rsplit(":", 1)[0]
 
 
-def missing_entrypoints(deployments: list[dict[str, Any]], root: Path) -> list[str]:
-    """Entrypoints whose file does not exist under `root`."""
-    return [
-        d["entrypoint"] for d in deployments if not entrypoint_file(d["entrypoint"], root).exists()
-    ]
-
-
 def env_placeholders(value: Any) -> set[str]:
     """Names of the environment variables referenced as `{{ $NAME }}` anywhere in `value`."""
     return set(_ENV_PLACEHOLDER.findall(json.dumps(value, default=str)))
@@ -82,12 +76,8 @@ def _flow_name(entrypoint: str, root: Path) -> str:
     """The @flow name behind an entrypoint (imports the flow module)."""
     from prefect.flows import load_flow_from_entrypoint
 
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
+    with contextlib.chdir(root):
         return load_flow_from_entrypoint(entrypoint).name
-    finally:
-        os.chdir(cwd)
 
 
 def ensure_work_pool(client: Any, name: str = WORK_POOL, pool_type: str = "process") -> str:
@@ -107,27 +97,14 @@ def ensure_work_pool(client: Any, name: str = WORK_POOL, pool_type: str = "proce
 
 
 def _run_prefect_deploy(
-    prefect_file: Path,
-    names: list[str] | None,
-    root: Path,
-    timeout: float,
-    api_env: dict[str, str],
+    prefect_file: Path, names: list[str] | None, timeout: float, env: dict[str, str]
 ) -> None:
     """`prefect deploy` (all deployments, or the named ones) from the repo folder."""
     cmd = [sys.executable, "-m", "prefect", "--no-prompt", "deploy"]
     cmd += ["--prefect-file", str(prefect_file)]
-    if names:
-        for name in names:
-            cmd += ["--name", name]
-    else:
-        cmd.append("--all")
+    cmd += [arg for name in names for arg in ("--name", name)] if names else ["--all"]
     proc = subprocess.run(
-        cmd,
-        cwd=root,
-        env=deploy_environment(dict(os.environ)) | api_env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+        cmd, cwd=prefect_file.parent, env=env, capture_output=True, text=True, timeout=timeout
     )
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
@@ -140,14 +117,15 @@ def register(
     timeout: float = 300.0,
 ) -> dict[str, Any]:
     """Register deployments and their triggers on the Prefect server; a summary."""
+    from prefect import get_client
+    from prefect.settings import get_current_settings
+
     from pynomaly.errors import InputError
 
     started = time.perf_counter()
     prefect_file = (prefect_file or repo_dir() / "prefect.yaml").resolve()
     root = prefect_file.parent
     # Prefect's current settings: the environment, a profile or temporary_settings.
-    from prefect.settings import get_current_settings
-
     api = get_current_settings().api
     api_url = api.url
     if not api_url:
@@ -156,30 +134,29 @@ def register(
             "`source DIR/pynomaly.env`) or point PREFECT_API_URL at yours"
         )
     # `prefect deploy` runs in a subprocess: hand it the same API and credentials.
-    api_env = {"PREFECT_API_URL": api_url}
+    env = deploy_environment(dict(os.environ)) | {"PREFECT_API_URL": api_url}
     for name, secret in (
         ("PREFECT_API_AUTH_STRING", api.auth_string),
         ("PREFECT_API_KEY", api.key),
     ):
         if secret is not None:
-            api_env[name] = secret.get_secret_value()
+            env[name] = secret.get_secret_value()
 
     project = load_project(prefect_file)
     chosen = select_deployments(project, names)
-    missing = missing_entrypoints(chosen, root)
+    entrypoints = [d["entrypoint"] for d in chosen]
+    missing = [e for e in entrypoints if not entrypoint_file(e, root).exists()]
     if missing:
         raise InputError(
             f"entrypoint file(s) missing: {', '.join(missing)}; deploy the others with --name"
         )
     needed = env_placeholders(chosen) | env_placeholders(project.get("pull"))
-    unset = sorted(v for v in needed if not deploy_environment(dict(os.environ)).get(v))
+    unset = sorted(v for v in needed if not env.get(v))
     if unset:
         raise InputError(
             f"prefect.yaml needs these environment variables for the chosen deployments: "
             f"{', '.join(unset)}"
         )
-
-    from prefect import get_client
 
     automation: dict[str, Any] | None = None
     with get_client(sync_client=True) as client:
@@ -189,7 +166,7 @@ def register(
         for trigger in [t for spec in chosen for t in spec.get("triggers") or []]:
             for old in client.read_automations_by_name(trigger["name"]):
                 client.delete_automation(old.id)
-        _run_prefect_deploy(prefect_file, names, root, timeout, api_env)
+        _run_prefect_deploy(prefect_file, names, timeout, env)
         deployed = []
         for spec in chosen:
             full_name = f"{_flow_name(spec['entrypoint'], root)}/{spec['name']}"

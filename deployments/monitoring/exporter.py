@@ -172,7 +172,7 @@ class ModelResults:
 
 
 def read_results(engine: Any, now: datetime) -> dict[str, ModelResults]:
-    """Per-model totals and 24 h / 7 d windows in two aggregate queries over batch summaries.
+    """Per-model totals and 24 h / 7 d windows in one aggregate query over batch summaries.
 
     They read detection_batches, one row per scored batch, so a scrape never scans the scored
     rows. A results DB from before that table is summarised on the fly from detection_results
@@ -190,41 +190,30 @@ def read_results(engine: Any, now: datetime) -> dict[str, ModelResults]:
         b = summarised_rows().subquery()
     else:
         return {}
-    day, week = now - timedelta(days=1), now - timedelta(days=7)
-    in_day = b.c.scored_at >= day
-    totals = (
-        sa.select(
-            b.c.model_name,
-            b.c.model_version,
-            sa.func.coalesce(sa.func.sum(b.c.row_count), 0),
-            sa.func.coalesce(sa.func.sum(b.c.anomaly_count), 0),
-            sa.func.max(b.c.scored_at),
-        )
-        .group_by(b.c.model_name, b.c.model_version)
-        .order_by(b.c.model_name, b.c.model_version)
-    )
-    windows = (
-        sa.select(
-            b.c.model_name,
-            sa.func.coalesce(sa.func.sum(sa.case((in_day, b.c.row_count), else_=0)), 0),
-            sa.func.coalesce(sa.func.sum(sa.case((in_day, b.c.anomaly_count), else_=0)), 0),
-            sa.func.coalesce(sa.func.sum(b.c.row_count), 0),
-            sa.func.coalesce(sa.func.sum(b.c.anomaly_count), 0),
-        )
-        .where(b.c.scored_at >= week)
-        .group_by(b.c.model_name)
-    )
+
+    def total(column: Any, since: datetime | None = None) -> Any:
+        if since is not None:
+            column = sa.case((b.c.scored_at >= since, column), else_=0)
+        return sa.func.coalesce(sa.func.sum(column), 0)
+
+    # Per version: all time, the last 24 hours, the last 7 days (rows, then anomalies).
+    since = (None, now - timedelta(days=1), now - timedelta(days=7))
+    sums = [total(c, s) for s in since for c in (b.c.row_count, b.c.anomaly_count)]
+    query = sa.select(b.c.model_name, b.c.model_version, sa.func.max(b.c.scored_at), *sums)
     found: dict[str, ModelResults] = {}
     with engine.connect() as conn:
-        for name, version, rows, anomalies, last in conn.execute(totals):
+        for name, version, last, *values in conn.execute(
+            query.group_by(b.c.model_name, b.c.model_version)
+        ):
+            rows, anomalies, rows_24h, anomalies_24h, rows_7d, anomalies_7d = map(int, values)
             m = found.setdefault(name, ModelResults())
-            m.rows_by_version[int(version)] = int(rows)
-            m.anomalies += int(anomalies)
+            m.rows_by_version[int(version)] = rows
+            m.anomalies += anomalies
             m.last_scored = max(filter(None, (m.last_scored, _utc(last))), default=None)
-        for name, rows_24h, anomalies_24h, rows_7d, anomalies_7d in conn.execute(windows):
-            m = found.setdefault(name, ModelResults())
-            m.rows_24h, m.anomalies_24h = int(rows_24h), int(anomalies_24h)
-            m.rows_7d, m.anomalies_7d = int(rows_7d), int(anomalies_7d)
+            m.rows_24h += rows_24h
+            m.anomalies_24h += anomalies_24h
+            m.rows_7d += rows_7d
+            m.anomalies_7d += anomalies_7d
     # Analyst labels: one aggregate over the (human-sized) feedback table.
     for counts in feedback_counts(engine):
         found.setdefault(counts.model, ModelResults()).feedback[counts.version] = counts
