@@ -94,27 +94,20 @@ def select_retained(
     (today and this week count as the first). Everything else may be pruned.
     """
     newest_first = sorted(times, key=lambda i: (times[i], i), reverse=True)
-    keep = set(newest_first[: max(keep_last, 0)])
     today = now.astimezone(UTC).date()
     days = {today - timedelta(days=k) for k in range(keep_daily_days)}
-    weeks = {_iso_week(today - timedelta(weeks=k)) for k in range(keep_weekly_weeks)}
-    seen_days: set[date] = set()
-    seen_weeks: set[tuple[int, int]] = set()
+    weeks = {(today - timedelta(weeks=k)).isocalendar()[:2] for k in range(keep_weekly_weeks)}
+    newest_of_day: dict[date, str] = {}
+    newest_of_week: dict[tuple[int, int], str] = {}
     for backup_id in newest_first:
         day = times[backup_id].astimezone(UTC).date()
-        if day in days and day not in seen_days:
-            seen_days.add(day)
-            keep.add(backup_id)
-        week = _iso_week(day)
-        if week in weeks and week not in seen_weeks:
-            seen_weeks.add(week)
-            keep.add(backup_id)
-    return keep
-
-
-def _iso_week(day: date) -> tuple[int, int]:
-    year, week, _ = day.isocalendar()
-    return year, week
+        newest_of_day.setdefault(day, backup_id)
+        newest_of_week.setdefault(day.isocalendar()[:2], backup_id)
+    return (
+        set(newest_first[: max(keep_last, 0)])
+        | {i for day, i in newest_of_day.items() if day in days}
+        | {i for week, i in newest_of_week.items() if week in weeks}
+    )
 
 
 def prune_backups(

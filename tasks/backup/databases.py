@@ -10,7 +10,7 @@ import sqlite3
 import subprocess
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,26 +24,20 @@ DB_ROLES = ("results", "optuna", "mlflow", "prefect")  # dump order: referrers b
 DB_FILES = {"sqlite": "{role}.sqlite.gz", "postgresql": "{role}.pgdump"}
 
 COUNT_QUERIES: dict[str, dict[str, tuple[str, str]]] = {
-    # role -> count name -> (table, SQL)
+    # role -> count name -> (table, what is counted in it)
     "mlflow": {
-        "experiments": ("experiments", "SELECT count(*) FROM experiments"),
-        "runs": ("runs", "SELECT count(*) FROM runs"),
-        "registered_models": ("registered_models", "SELECT count(*) FROM registered_models"),
-        "model_versions": ("model_versions", "SELECT count(*) FROM model_versions"),
-        "aliases": ("registered_model_aliases", "SELECT count(*) FROM registered_model_aliases"),
+        "experiments": ("experiments", "count(*)"),
+        "runs": ("runs", "count(*)"),
+        "registered_models": ("registered_models", "count(*)"),
+        "model_versions": ("model_versions", "count(*)"),
+        "aliases": ("registered_model_aliases", "count(*)"),
     },
     "results": {
-        "detection_rows": ("detection_results", "SELECT count(*) FROM detection_results"),
-        "detection_batches": (
-            "detection_results",
-            "SELECT count(DISTINCT batch_id) FROM detection_results",
-        ),
+        "detection_rows": ("detection_results", "count(*)"),
+        "detection_batches": ("detection_results", "count(DISTINCT batch_id)"),
     },
-    "optuna": {
-        "optuna_studies": ("studies", "SELECT count(*) FROM studies"),
-        "optuna_trials": ("trials", "SELECT count(*) FROM trials"),
-    },
-    "prefect": {"prefect_flow_runs": ("flow_run", "SELECT count(*) FROM flow_run")},
+    "optuna": {"optuna_studies": ("studies", "count(*)"), "optuna_trials": ("trials", "count(*)")},
+    "prefect": {"prefect_flow_runs": ("flow_run", "count(*)")},
 }
 # Columns of the MLflow DB that hold artifact locations (rewritten when a drill restores the
 # artifacts into a scratch folder, so the drill loads the backed-up files, not the live ones).
@@ -134,18 +128,19 @@ def _run_pg(cmd: list[str], env: dict[str, str], what: str) -> None:
 
 
 @contextmanager
-def _pg_maintenance(url: str) -> Iterator[sa.Connection]:
-    """An autocommit connection to the server's `postgres` database (CREATE/DROP DATABASE)."""
-    engine = sa.create_engine(
-        sa.make_url(url).set(database="postgres"),
-        isolation_level="AUTOCOMMIT",
-        poolclass=sa.NullPool,
-    )
+def _connection(url: str | sa.URL, **engine_options: Any) -> Iterator[sa.Connection]:
+    """A connection on an engine of its own (no pool), disposed on exit."""
+    engine = sa.create_engine(url, poolclass=sa.NullPool, **engine_options)
     try:
         with engine.connect() as conn:
             yield conn
     finally:
         engine.dispose()
+
+
+def _pg_maintenance(url: str) -> AbstractContextManager[sa.Connection]:
+    """An autocommit connection to the server's `postgres` database (CREATE/DROP DATABASE)."""
+    return _connection(sa.make_url(url).set(database="postgres"), isolation_level="AUTOCOMMIT")
 
 
 def create_pg_database(url: str) -> None:
@@ -172,27 +167,15 @@ def drop_pg_database(url: str) -> None:
 # Dump, restore, count --------------------------------------------------------------------------
 
 
-def gzip_file(src: Path, dest: Path) -> Path:
-    """Compress a file."""
-    with open(src, "rb") as fin, gzip.open(dest, "wb", compresslevel=GZIP_LEVEL) as fout:
-        shutil.copyfileobj(fin, fout, 1 << 20)
-    return dest
-
-
-def gunzip_file(src: Path, dest: Path) -> Path:
-    """Decompress a file."""
-    with gzip.open(src, "rb") as fin, open(dest, "wb") as fout:
-        shutil.copyfileobj(fin, fout, 1 << 20)
-    return dest
-
-
 def count_state(conn: sa.Connection, role: str) -> dict[str, int]:
     """The manifest counts one database holds (a missing table counts 0)."""
     inspector = sa.inspect(conn)
-    counts = {}
-    for name, (table, sql) in COUNT_QUERIES.get(role, {}).items():
-        counts[name] = int(conn.execute(sa.text(sql)).scalar()) if inspector.has_table(table) else 0
-    return counts
+    return {
+        name: int(conn.execute(sa.text(f"SELECT {what} FROM {table}")).scalar())
+        if inspector.has_table(table)
+        else 0
+        for name, (table, what) in COUNT_QUERIES.get(role, {}).items()
+    }
 
 
 def mlflow_facts(conn: sa.Connection) -> dict[str, Any]:
@@ -219,37 +202,29 @@ def dump_database(db: Database, folder: Path, pg_bin: Path | None = None) -> dic
         return {"absent": True, "kind": db.kind, "url": db.display}
     if db.kind == "sqlite":
         copy = folder / f"{db.role}.sqlite"
-        src = sqlite3.connect(f"file:{db.sqlite_path}?mode=ro", uri=True, timeout=60)
-        dst = sqlite3.connect(copy)
-        try:
+        source = sqlite3.connect(f"file:{db.sqlite_path}?mode=ro", uri=True, timeout=60)
+        with closing(source) as src, closing(sqlite3.connect(copy)) as dst:
             src.backup(dst)  # one step: a consistent snapshot even while writers are busy
-        finally:
-            dst.close()
-            src.close()
-        engine = sa.create_engine(f"sqlite:///{copy}", poolclass=sa.NullPool)
-        with engine.connect() as conn:
+        with _connection(f"sqlite:///{copy}") as conn:
             facts = _facts(conn, db.role)
-        engine.dispose()
-        file = gzip_file(copy, folder / f"{db.role}.sqlite.gz")
+        file = folder / f"{db.role}.sqlite.gz"
+        with open(copy, "rb") as fin, gzip.open(file, "wb", compresslevel=GZIP_LEVEL) as fout:
+            shutil.copyfileobj(fin, fout, 1 << 20)
         copy.unlink()
     else:
         file = folder / f"{db.role}.pgdump"
         conninfo, env = _libpq(db.url)
-        engine = sa.create_engine(db.url, poolclass=sa.NullPool)
-        try:
-            with engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
-                # pg_dump reads the snapshot this transaction exported, so the counts below
-                # describe exactly the rows in the dump.
-                snapshot = conn.execute(sa.text("SELECT pg_export_snapshot()")).scalar()
-                _run_pg(
-                    [pg_tool("pg_dump", pg_bin), "-Fc", "-Z", str(GZIP_LEVEL)]
-                    + [f"--snapshot={snapshot}", "-f", str(file), "-d", conninfo],
-                    env,
-                    f"pg_dump of the {db.role} database",
-                )
-                facts = _facts(conn, db.role)
-        finally:
-            engine.dispose()
+        with _connection(db.url, isolation_level="REPEATABLE READ") as conn:
+            # pg_dump reads the snapshot this transaction exported, so the counts below
+            # describe exactly the rows in the dump.
+            snapshot = conn.execute(sa.text("SELECT pg_export_snapshot()")).scalar()
+            _run_pg(
+                [pg_tool("pg_dump", pg_bin), "-Fc", "-Z", str(GZIP_LEVEL)]
+                + [f"--snapshot={snapshot}", "-f", str(file), "-d", conninfo],
+                env,
+                f"pg_dump of the {db.role} database",
+            )
+            facts = _facts(conn, db.role)
     return {"kind": db.kind, "url": db.display, "file": file.name, **facts}
 
 
@@ -260,27 +235,21 @@ def _facts(conn: sa.Connection, role: str) -> dict[str, Any]:
     return facts
 
 
-def restore_database(db: Database, file: Path, kind: str, pg_bin: Path | None = None) -> None:
-    """Overwrite a database with a dump made by dump_database."""
-    if kind != db.kind:
-        raise InputError(
-            f"the backup holds a {kind} {db.role} database but the platform uses {db.kind}"
-        )
+def restore_database(db: Database, file: Path, pg_bin: Path | None = None) -> None:
+    """Overwrite a database with a dump of its kind made by dump_database (restore.check_applicable
+    refuses one of another kind)."""
     if db.kind == "sqlite":
         target = db.sqlite_path
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.restore.")
         os.close(fd)
         try:
-            gunzip_file(file, Path(tmp))
-            src = sqlite3.connect(tmp)
-            dst = sqlite3.connect(target, timeout=60)
-            try:
-                # Through SQLite rather than a file copy: open readers and WAL files stay valid.
-                src.backup(dst)
-            finally:
-                dst.close()
-                src.close()
+            with gzip.open(file, "rb") as fin, open(tmp, "wb") as fout:
+                shutil.copyfileobj(fin, fout, 1 << 20)
+            # Through SQLite rather than a file copy: open readers and WAL files stay valid.
+            with closing(sqlite3.connect(tmp)) as src:
+                with closing(sqlite3.connect(target, timeout=60)) as dst:
+                    src.backup(dst)
         finally:
             os.unlink(tmp)
         return
@@ -296,36 +265,28 @@ def restore_database(db: Database, file: Path, kind: str, pg_bin: Path | None = 
 
 def read_counts(db: Database) -> dict[str, Any]:
     """Counts (and MLflow facts) of a live database."""
-    engine = sa.create_engine(db.url, poolclass=sa.NullPool)
-    try:
-        with engine.connect() as conn:
-            return _facts(conn, db.role)
-    finally:
-        engine.dispose()
+    with _connection(db.url) as conn:
+        return _facts(conn, db.role)
 
 
 def rewrite_artifact_root(db: Database, old: str, new: str) -> int:
     """Point the MLflow DB's artifact locations under `old` at `new`; rows changed."""
-    engine = sa.create_engine(db.url, poolclass=sa.NullPool)
     changed = 0
-    try:
-        with engine.begin() as conn:
-            inspector = sa.inspect(conn)
-            for table, column in ARTIFACT_COLUMNS:
-                if not inspector.has_table(table):
-                    continue
-                if column not in {c["name"] for c in inspector.get_columns(table)}:
-                    continue
-                result = conn.execute(
-                    sa.text(
-                        f"UPDATE {table} SET {column} = :new || substr({column}, :n) "
-                        f"WHERE substr({column}, 1, :m) = :old"
-                    ),
-                    {"new": new, "old": old, "n": len(old) + 1, "m": len(old)},
-                )
-                changed += result.rowcount
-    finally:
-        engine.dispose()
+    with _connection(db.url) as conn, conn.begin():
+        inspector = sa.inspect(conn)
+        for table, column in ARTIFACT_COLUMNS:
+            if not inspector.has_table(table):
+                continue
+            if column not in {c["name"] for c in inspector.get_columns(table)}:
+                continue
+            result = conn.execute(
+                sa.text(
+                    f"UPDATE {table} SET {column} = :new || substr({column}, :n) "
+                    f"WHERE substr({column}, 1, :m) = :old"
+                ),
+                {"new": new, "old": old, "n": len(old) + 1, "m": len(old)},
+            )
+            changed += result.rowcount
     return changed
 
 

@@ -134,7 +134,7 @@ def apply_backup(state: PlatformState, manifest: dict[str, Any], folder: Path) -
     for role, info in manifest["databases"].items():
         if info.get("absent"):
             continue
-        restore_database(dbs[role], folder / info["file"], info["kind"], state.pg_bin)
+        restore_database(dbs[role], folder / info["file"], state.pg_bin)
         restored.append(role)
     report: dict[str, Any] = {"databases": restored}
     if manifest["artifacts"]["mode"] == "listing":
