@@ -17,6 +17,7 @@ import getpass
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -237,20 +238,27 @@ def read_feedback(source: str) -> pd.DataFrame:
 # --------------------------------------------------------------------------- writing
 
 
+def _versions_of_rows(
+    conn: sa.Connection, table: sa.Table, rows: pd.DataFrame, *where: Any
+) -> list[tuple[str, int, str, int]]:
+    """(batch_id, row_index, model_name, model_version) of the table's rows naming `rows`."""
+    t = table.c
+    found: list[tuple[str, int, str, int]] = []
+    for batch_id, group in rows.groupby("batch_id", sort=False):
+        indexes = sorted({int(i) for i in group["row_index"]})
+        for start in range(0, len(indexes), LOOKUP_CHUNK):
+            found += conn.execute(
+                sa.select(t.batch_id, t.row_index, t.model_name, t.model_version)
+                .where(t.batch_id == batch_id, *where)
+                .where(t.row_index.in_(indexes[start : start + LOOKUP_CHUNK]))
+            ).all()
+    return found
+
+
 def scored_versions(engine: sa.Engine, rows: pd.DataFrame) -> pd.DataFrame:
     """Every (model_name, model_version) that scored each (batch_id, row_index) of `rows`."""
-    t = detection_results
-    found: list[tuple[str, int, str, int]] = []
     with engine.connect() as conn:
-        for batch_id, group in rows.groupby("batch_id", sort=False):
-            indexes = sorted({int(i) for i in group["row_index"]})
-            for start in range(0, len(indexes), LOOKUP_CHUNK):
-                part = indexes[start : start + LOOKUP_CHUNK]
-                found += conn.execute(
-                    sa.select(t.c.batch_id, t.c.row_index, t.c.model_name, t.c.model_version)
-                    .where(t.c.batch_id == batch_id)
-                    .where(t.c.row_index.in_(part))
-                ).all()
+        found = _versions_of_rows(conn, detection_results, rows)
     return pd.DataFrame(found, columns=["batch_id", "row_index", "model_name", "model_version"])
 
 
@@ -299,34 +307,17 @@ def record_feedback(
         )
         raise InputError(f"{source}: row {int(first['line'])}: {what}")
     at = labelled_at or datetime.now(UTC)
+    typed = joined.drop(columns="line").astype({"row_index": int, "model_version": int})
     records = [
-        {
-            "batch_id": r.batch_id,
-            "row_index": int(r.row_index),
-            "model_name": r.model_name,
-            "model_version": int(r.model_version),
-            "labelled_by": labelled_by,
-            "label": int(r.label),
-            "labelled_at": at,
-            "note": r.note,
-        }
-        for r in joined.itertuples(index=False)
+        {**r, "labelled_by": labelled_by, "labelled_at": at} for r in typed.to_dict("records")
     ]
     f = detection_feedback
     keys = {(r["batch_id"], r["row_index"], r["model_name"], r["model_version"]) for r in records}
     with engine.begin() as conn:
-        existing: set[tuple[str, int, str, int]] = set()
-        for batch_id, group in rows.groupby("batch_id", sort=False):
-            indexes = sorted(int(i) for i in group["row_index"])
-            for start in range(0, len(indexes), LOOKUP_CHUNK):
-                existing |= {
-                    (b, int(i), m, int(v))
-                    for b, i, m, v in conn.execute(
-                        sa.select(f.c.batch_id, f.c.row_index, f.c.model_name, f.c.model_version)
-                        .where(f.c.batch_id == batch_id, f.c.labelled_by == labelled_by)
-                        .where(f.c.row_index.in_(indexes[start : start + LOOKUP_CHUNK]))
-                    )
-                }
+        existing = {
+            (b, int(i), m, int(v))
+            for b, i, m, v in _versions_of_rows(conn, f, rows, f.c.labelled_by == labelled_by)
+        }
         _upsert(conn, f, records)
     per_model = joined.groupby(["model_name", "model_version"]).size().reset_index(name="rows")
     return {
@@ -381,30 +372,24 @@ def label_snapshots(
     engine: sa.Engine, store: Any, model_name: str, labels: pd.DataFrame
 ) -> pd.DataFrame:
     """`labels` with a `snapshot` column (dataset/sha256 the row was scored from, or None)."""
-    snapshots: dict[tuple[str, int], str | None] = {}
+    snapshots: dict[tuple[str, int], str] = {}
     if _has_table(engine, batch_snapshots):
         s = batch_snapshots
         with engine.connect() as conn:
-            for batch_id, version, dataset, sha in conn.execute(
-                sa.select(s.c.batch_id, s.c.model_version, s.c.dataset, s.c.sha256).where(
-                    s.c.model_name == model_name
+            snapshots = {
+                (batch_id, int(version)): f"{dataset}/{sha}"
+                for batch_id, version, dataset, sha in conn.execute(
+                    sa.select(s.c.batch_id, s.c.model_version, s.c.dataset, s.c.sha256).where(
+                        s.c.model_name == model_name
+                    )
                 )
-            ):
-                snapshots[(batch_id, int(version))] = f"{dataset}/{sha}"
-    fallback: dict[str, str | None] = {}
-
-    def snapshot(batch_id: str, version: int) -> str | None:
-        if (batch_id, version) in snapshots:
-            return snapshots[(batch_id, version)]
-        if batch_id not in fallback:
-            fallback[batch_id] = _fallback_snapshot(store, model_name, batch_id)
-        return fallback[batch_id]
-
-    out = labels.copy()
-    out["snapshot"] = [
-        snapshot(b, int(v)) for b, v in zip(out["batch_id"], out["model_version"], strict=True)
+            }
+    fallback = cache(partial(_fallback_snapshot, store, model_name))
+    found = [
+        snapshots.get((b, int(v))) or fallback(b)
+        for b, v in zip(labels["batch_id"], labels["model_version"], strict=True)
     ]
-    return out
+    return labels.assign(snapshot=found)
 
 
 def model_feedback(engine: sa.Engine, store: Any, model_name: str) -> pd.DataFrame:
