@@ -26,7 +26,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -240,7 +240,6 @@ class SearchSettings:
     deadline: float  # time.time() after which trials stop fitting
     detector_members: tuple[str, ...]  # the label-free choice, for the "detector" kind
     worker: int = 0
-    cache: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
 def _suggest(trial: Any, name: str, spec: tuple[Any, ...]) -> Any:
@@ -270,51 +269,22 @@ def suggest_config(trial: Any, detector_members: tuple[str, ...]) -> dict[str, A
     }
 
 
-def default_trials() -> list[dict[str, Any]]:
-    """Trial parameters of each kind's defaults: the first trials of every labelled search."""
-    return [{"kind": kind, **CLASSIFIER_DEFAULTS} for kind in LABELLED_KINDS]
-
-
-def build_model(config: dict[str, Any], random_state: int) -> Any:
-    """An unfitted model for a configuration."""
-    if config["kind"] == "detector":
-        return ScoreEnsemble(
-            [d["name"] for d in config["detectors"]],
-            combine=config["combine"] or "zscore",
-            random_state=random_state,
-        )
-    return LabelledModel(config["kind"], config["detectors"][0]["params"], random_state)
-
-
 def fit_config(config: dict[str, Any], X: pd.DataFrame, y: np.ndarray | None, seed: int) -> Any:
-    """A configuration fitted on rows: detectors on the normal rows, labelled models on all."""
-    model = build_model(config, seed)
+    """A configuration fitted: detectors on all or the normal rows, labelled models on all."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if config["kind"] != "detector":
-            return model.fit(X, y)
-        if config["fit_on"] == "normal":
-            return model.fit(X.iloc[np.flatnonzero(y == 0)])
-        return model.fit(X)
-
-
-def cv_folds(y: np.ndarray, random_state: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Stratified (fit rows, held-back rows) folds over the search rows."""
-    from sklearn.model_selection import StratifiedKFold
-
-    folds = StratifiedKFold(CV_FOLDS, shuffle=True, random_state=random_state)
-    return list(folds.split(np.zeros(len(y)), y))
-
-
-def _trial_value(value: float) -> float:
-    """A trial's value rounded, so float noise (1.0 vs 1.0000000000000002) never picks the best."""
-    return round(float(value), 12)
+            return LabelledModel(config["kind"], config["detectors"][0]["params"], seed).fit(X, y)
+        members = [d["name"] for d in config["detectors"]]
+        model = ScoreEnsemble(members, combine=config["combine"] or "zscore", random_state=seed)
+        return model.fit(X if config["fit_on"] == "all" else X.iloc[np.flatnonzero(y == 0)])
 
 
 def objective(trial: Any, settings: SearchSettings) -> float:
     """Cross-validated metric of one labelled configuration on the search rows."""
     import optuna
     from sklearn import metrics
+    from sklearn.model_selection import StratifiedKFold
 
     metric = getattr(metrics, f"{settings.metric}_score")  # "roc_auc" -> roc_auc_score
     config = suggest_config(trial, settings.detector_members)
@@ -322,10 +292,9 @@ def objective(trial: Any, settings: SearchSettings) -> float:
     trial.set_user_attr("worker", settings.worker)
     # The first trial is the fallback answer: it always finishes, even past the deadline.
     deadline = math.inf if trial.number == 0 else settings.deadline
-    if "folds" not in settings.cache:
-        settings.cache["folds"] = cv_folds(settings.y, settings.random_state)
+    folds = StratifiedKFold(CV_FOLDS, shuffle=True, random_state=settings.random_state)
     values = []
-    for step, (fit_rows, held_rows) in enumerate(settings.cache["folds"]):
+    for step, (fit_rows, held_rows) in enumerate(folds.split(settings.X, settings.y)):
         if time.time() > deadline:
             raise optuna.TrialPruned("time budget spent")
         model = fit_config(
@@ -336,7 +305,8 @@ def objective(trial: Any, settings: SearchSettings) -> float:
         trial.report(float(np.mean(values)), step)
         if trial.should_prune():
             raise optuna.TrialPruned()
-    return _trial_value(np.mean(values))
+    # Rounded, so float noise (1.0 vs 1.0000000000000002) never picks the best.
+    return round(float(np.mean(values)), 12)
 
 
 def _search_rows(n_rows: int, y: np.ndarray, random_state: int) -> np.ndarray:
@@ -455,19 +425,6 @@ def trial_info(trial: Any) -> dict[str, Any]:
     }
 
 
-LEADERBOARD_COLUMNS = [
-    "number",
-    "detector",
-    "params",
-    "scaler",
-    "fit_on",
-    "value",
-    "seconds",
-    "state",
-    "worker",
-]
-
-
 def _search(
     frame: pd.DataFrame,
     labels: np.ndarray,
@@ -506,9 +463,9 @@ def _search(
         pruner=_pruner(),
         load_if_exists=True,
     )
-    if not study.trials:
-        for params in default_trials():
-            study.enqueue_trial(params, skip_if_exists=True)
+    if not study.trials:  # each kind's defaults are the first trials
+        for kind in LABELLED_KINDS:
+            study.enqueue_trial({"kind": kind, **CLASSIFIER_DEFAULTS}, skip_if_exists=True)
     remaining = settings.deadline - time.time()
     if n_workers == 1:
         callbacks = []
@@ -596,12 +553,6 @@ def _fit_label_free(
     return model, {**config, "value": ranking[0][1], "trial": None}, _ranking_board(ranking)
 
 
-def _study_board(study: Any) -> pd.DataFrame:
-    """The leaderboard of a search: one row per trial."""
-    trials = study.get_trials(deepcopy=False)
-    return pd.DataFrame([trial_info(t) for t in trials], columns=LEADERBOARD_COLUMNS)
-
-
 def fit_best_detector(
     X: Any,
     y: Any = None,
@@ -657,7 +608,7 @@ def fit_best_detector(
             study_name=study_name,
             trial_callback=trial_callback,
         )
-        board = _study_board(study)
+        board = pd.DataFrame([trial_info(t) for t in study.get_trials(deepcopy=False)])
 
     result = AutoDetector(model, contamination)
     result.model_ = model
