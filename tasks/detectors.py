@@ -106,14 +106,5 @@ def make_pipeline(
     random_state: int | None = 0,
 ) -> Pipeline:
     """Preprocessing and detector in one scikit-learn Pipeline, unfitted."""
-    return Pipeline(
-        [
-            ("preprocess", make_preprocessor(features, scaler)),
-            (
-                "detector",
-                make_detector(
-                    detector, params, contamination=contamination, random_state=random_state
-                ),
-            ),
-        ]
-    )
+    model = make_detector(detector, params, contamination=contamination, random_state=random_state)
+    return Pipeline([("preprocess", make_preprocessor(features, scaler)), ("detector", model)])

@@ -99,9 +99,7 @@ def expected_share_of(mlflow_client: Any, versions: list[Any], labels: Any) -> f
     """The anomaly share the model expects: its tag or run metric, the labels', or the default."""
     from registry.gate import DEFAULT_EXPECTED_SHARE
 
-    for v in versions:
-        if v is None:
-            continue
+    for v in filter(None, versions):
         if v.tags.get("contamination"):
             return float(v.tags["contamination"])
         if v.run_id:

@@ -368,10 +368,9 @@ def latest_labels(engine: sa.Engine, model_name: str) -> pd.DataFrame:
     return latest.sort_values(["batch_id", "row_index"]).reset_index(drop=True)
 
 
-def label_snapshots(
-    engine: sa.Engine, store: Any, model_name: str, labels: pd.DataFrame
-) -> pd.DataFrame:
-    """`labels` with a `snapshot` column (dataset/sha256 the row was scored from, or None)."""
+def model_feedback(engine: sa.Engine, store: Any, model_name: str) -> pd.DataFrame:
+    """The model's newest label per scored row, with the `snapshot` (dataset/sha256) of its row."""
+    labels = latest_labels(engine, model_name)
     snapshots: dict[tuple[str, int], str] = {}
     if _has_table(engine, batch_snapshots):
         s = batch_snapshots
@@ -390,11 +389,6 @@ def label_snapshots(
         for b, v in zip(labels["batch_id"], labels["model_version"], strict=True)
     ]
     return labels.assign(snapshot=found)
-
-
-def model_feedback(engine: sa.Engine, store: Any, model_name: str) -> pd.DataFrame:
-    """The model's newest label per scored row, with the snapshot holding the row's features."""
-    return label_snapshots(engine, store, model_name, latest_labels(engine, model_name))
 
 
 def feedback_rows(store: Any, labelled: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, int]:

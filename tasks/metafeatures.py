@@ -8,6 +8,7 @@ subsample and how much they agree. Everything here is computed from X alone: no 
 from __future__ import annotations
 
 import warnings
+from itertools import combinations
 
 import numpy as np
 
@@ -106,16 +107,14 @@ def _landmark_features(scores: dict[str, np.ndarray]) -> dict[str, float]:
     for name in names:
         out.update(_distribution(scores[name], f"lm_{name}"))
     agreements = []
-    for i, a in enumerate(names):
-        for b in names[i + 1 :]:
-            rho = spearmanr(scores[a], scores[b]).statistic
-            out[f"lm_agree_{a}_{b}"] = _safe(rho)
-            agreements.append(_safe(rho))
+    for a, b in combinations(names, 2):
+        out[f"lm_agree_{a}_{b}"] = _safe(spearmanr(scores[a], scores[b]).statistic)
+        agreements.append(out[f"lm_agree_{a}_{b}"])
     out["lm_agree_mean"] = float(np.mean(agreements)) if agreements else 0.0
     # Overlap of the top 5 % under each landmarker: do they flag the same rows?
     k = max(1, int(0.05 * len(scores[names[0]])))
     tops = [set(np.argsort(-scores[n])[:k]) for n in names]
-    overlaps = [len(s & t) / k for i, s in enumerate(tops) for t in tops[i + 1 :]]
+    overlaps = [len(s & t) / k for s, t in combinations(tops, 2)]
     out["lm_top5_overlap"] = float(np.mean(overlaps)) if overlaps else 1.0
     return {k: _safe(v) for k, v in out.items()}
 

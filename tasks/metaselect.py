@@ -105,17 +105,14 @@ def train_meta_model(
 
 def _export_tree(tree: Any) -> dict[str, list]:
     """One fitted sklearn tree as plain lists; leaf values once per leaf, in thousandths."""
-    left = tree.children_left.tolist()
-    leaves = [i for i, child in enumerate(left) if child < 0]
-    leaf_index = [-1] * len(left)
-    for position, node in enumerate(leaves):
-        leaf_index[node] = position
+    is_leaf = tree.children_left < 0
+    leaves = np.flatnonzero(is_leaf)
     return {
-        "left": left,
+        "left": tree.children_left.tolist(),
         "right": tree.children_right.tolist(),
         "feature": [int(f) if f >= 0 else -1 for f in tree.feature],
         "threshold": [round(float(t), 6) if t != -2 else 0 for t in tree.threshold],
-        "leaf": leaf_index,
+        "leaf": np.where(is_leaf, np.cumsum(is_leaf) - 1, -1).tolist(),
         "value": [
             [round(float(v) * VALUE_SCALE) for v in tree.value[node][:, 0]] for node in leaves
         ],

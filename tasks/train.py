@@ -185,16 +185,13 @@ def train_detector(
     check_contamination(contamination)
     check_training_data(frame, label_column, where)
     features, y = split_labels(frame, label_column, where)
+    x_fit, x_hold, y_fit, y_hold = features, None, None, None
     if y is not None:
         x_fit, x_hold, y_fit, y_hold = train_test_split(
             features, y, test_size=holdout_share, stratify=y, random_state=random_state
         )
-        if contamination is None:
-            contamination = float(y_fit.mean())
-    else:
-        x_fit, x_hold, y_fit, y_hold = features, None, None, None
-        if contamination is None:
-            contamination = DEFAULT_CONTAMINATION
+    if contamination is None:
+        contamination = DEFAULT_CONTAMINATION if y_fit is None else float(y_fit.mean())
 
     started = time.perf_counter()
     automl = None
