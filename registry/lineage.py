@@ -145,12 +145,7 @@ def list_models(mlflow_client: Any) -> list[dict[str, Any]]:
         if champion is not None:
             tags = dict(champion.tags or {})
             row.update(
-                {
-                    "detector": tags.get("detector"),
-                    "dataset": tags.get("dataset"),
-                    "dataset_sha256": tags.get("dataset_sha256"),
-                    "validation": tags.get("validation"),
-                }
+                {k: tags.get(k) for k in ("detector", "dataset", "dataset_sha256", "validation")}
             )
         if latest is not None:
             row["latest_gate"] = (latest.tags or {}).get("gate.decision")

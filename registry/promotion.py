@@ -11,7 +11,6 @@ at a missing, unready or unloadable version and two promotions can never both mo
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from collections.abc import Iterator
@@ -22,20 +21,23 @@ from typing import Any
 
 from pynomaly.errors import InputError
 from registry.repair import settle_versions
-from registry.versions import CHALLENGER, CHAMPION, _not_found, aliases_of
+from registry.versions import (
+    CHALLENGER,
+    CHAMPION,
+    aliases_of,
+    is_registered,
+    now_iso,
+    read_list_tag,
+    write_list_tag,
+)
 
 HISTORY_TAG = "champion_history"
 RETRAIN_TAG = "retrain_history"
-HISTORY_KEEP = 50
 LOCK_TIMEOUT_S = 120.0
 
 
 class PromotionConflict(InputError):
     """The registry changed between the gate's decision and the promotion."""
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 # --------------------------------------------------------------------------- locks
@@ -83,20 +85,6 @@ def _postgres_lock(url: str, name: str, timeout_s: float) -> Iterator[None]:
 
 
 @contextmanager
-def _file_lock(path: Path, name: str, timeout_s: float) -> Iterator[None]:
-    from filelock import FileLock, Timeout
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with FileLock(path, timeout=timeout_s):
-            yield
-    except Timeout:
-        raise PromotionConflict(
-            f"timed out waiting for the promotion lock of {name!r} ({path})"
-        ) from None
-
-
-@contextmanager
 def _prefect_lock(name: str, timeout_s: float) -> Iterator[None]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
@@ -136,28 +124,27 @@ def promotion_lock(
         with _prefect_lock(name, timeout_s):
             yield kind
     else:
+        from filelock import FileLock, Timeout
+
         if tracking_uri.startswith("sqlite:///"):
             lock_dir = Path(tracking_uri.removeprefix("sqlite:///")).parent
-        safe = hashlib.sha256(name.encode()).hexdigest()[:16]
-        with _file_lock(lock_dir / f".promote-{safe}.lock", name, timeout_s):
-            yield kind
+        path = lock_dir / f".promote-{hashlib.sha256(name.encode()).hexdigest()[:16]}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with FileLock(path, timeout=timeout_s):
+                yield kind
+        except Timeout:
+            raise PromotionConflict(
+                f"timed out waiting for the promotion lock of {name!r} ({path})"
+            ) from None
 
 
 # --------------------------------------------------------------------------- history
 
 
-def _model_tags(mlflow_client: Any, name: str) -> dict[str, str]:
-    return dict(mlflow_client.get_registered_model(name).tags or {})
-
-
 def read_history(mlflow_client: Any, name: str) -> list[dict[str, Any]]:
     """The champion stack: promotions push, rollbacks pop; the last entry is the champion."""
-    raw = _model_tags(mlflow_client, name).get(HISTORY_TAG)
-    return json.loads(raw) if raw else []
-
-
-def _write_history(mlflow_client: Any, name: str, history: list[dict[str, Any]]) -> None:
-    mlflow_client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history[-HISTORY_KEEP:]))
+    return read_list_tag(mlflow_client, name, HISTORY_TAG)
 
 
 def _current_stack(mlflow_client: Any, name: str, champion: int | None) -> list[dict[str, Any]]:
@@ -214,26 +201,21 @@ def promote(
             raise InputError(
                 f"{name} v{version} was rejected by the gate; pass --force to promote it anyway"
             )
+        result = {"model": name, "version": version, "previous": champion, "lock": kind}
         if champion == version:
-            return {
-                "model": name,
-                "version": version,
-                "previous": champion,
-                "lock": kind,
-                "changed": False,
-            }
+            return {**result, "changed": False}
         history = _current_stack(mlflow_client, name, champion)
         at = now_iso()
         mlflow_client.set_registered_model_alias(name, CHAMPION, str(version))
         if aliases.get(CHALLENGER) == version:
             mlflow_client.delete_registered_model_alias(name, CHALLENGER)
         history.append({"version": version, "action": "promote", "at": at, "reason": reason})
-        _write_history(mlflow_client, name, history)
+        write_list_tag(mlflow_client, name, HISTORY_TAG, history)
         mlflow_client.set_model_version_tag(name, str(version), "promoted_at", at)
         mlflow_client.set_model_version_tag(name, str(version), "promoted_reason", reason)
         if champion is not None:
             mlflow_client.set_model_version_tag(name, str(champion), "retired_at", at)
-    return {"model": name, "version": version, "previous": champion, "lock": kind, "changed": True}
+    return {**result, "changed": True}
 
 
 def rollback(
@@ -267,7 +249,7 @@ def rollback(
         history = stack[: cut + 1]
         history[-1] = {**history[-1], "restored_at": at}
         mlflow_client.set_registered_model_alias(name, CHAMPION, str(target))
-        _write_history(mlflow_client, name, history)
+        write_list_tag(mlflow_client, name, HISTORY_TAG, history)
         mlflow_client.set_model_version_tag(name, str(champion), "rolled_back_at", at)
         mlflow_client.set_model_version_tag(name, str(target), "restored_at", at)
     return {"model": name, "version": target, "previous": champion, "lock": kind}
@@ -296,7 +278,7 @@ def repair_model(
 
     killed = end_dead_runs(tracking_uri, experiment_id) if experiment_id else []
     versions = []
-    if _registered(mlflow_client, name):
+    if is_registered(mlflow_client, name):
         with promotion_lock(tracking_uri, name, lock_dir, prefect_server):
             versions = settle_versions(mlflow_client, name)
     if killed:
@@ -304,22 +286,6 @@ def repair_model(
             "marked %d run(s) KILLED: left RUNNING by a process that is gone", len(killed)
         )
     return {"runs_killed": killed, "versions": versions}
-
-
-def discard_unfinished(
-    mlflow_client: Any,
-    tracking_uri: str,
-    name: str,
-    run_id: str,
-    lock_dir: Path,
-    why: str,
-    prefect_server: bool = False,
-) -> list[dict[str, Any]]:
-    """When the train flow fails after registering: settle the version of its run now."""
-    if not _registered(mlflow_client, name):
-        return []
-    with promotion_lock(tracking_uri, name, lock_dir, prefect_server):
-        return settle_versions(mlflow_client, name, run_id=run_id, reason=why)
 
 
 def abandon_train(
@@ -339,23 +305,12 @@ def abandon_train(
 
     try:
         end_run(tracking_uri, run_id, "FAILED")
-        discard_unfinished(
-            client(tracking_uri), tracking_uri, name, run_id, lock_dir, why, prefect_server
-        )
+        mlflow_client = client(tracking_uri)
+        if is_registered(mlflow_client, name):
+            with promotion_lock(tracking_uri, name, lock_dir, prefect_server):
+                settle_versions(mlflow_client, name, run_id=run_id, reason=why)
     except Exception as cleanup:
         print(f"could not clean up after the failed train of {name}: {cleanup!r}")
-
-
-def _registered(mlflow_client: Any, name: str) -> bool:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        mlflow_client.get_registered_model(name)
-    except MlflowException as exc:
-        if _not_found(exc):
-            return False
-        raise
-    return True
 
 
 # --------------------------------------------------------------------------- retraining
@@ -363,8 +318,7 @@ def _registered(mlflow_client: Any, name: str) -> bool:
 
 def read_retrains(mlflow_client: Any, name: str) -> list[dict[str, Any]]:
     """Earlier retrains of a model: [{"at": iso, "trigger": ...}], oldest first."""
-    raw = _model_tags(mlflow_client, name).get(RETRAIN_TAG)
-    return json.loads(raw) if raw else []
+    return read_list_tag(mlflow_client, name, RETRAIN_TAG)
 
 
 def record_retrain(mlflow_client: Any, name: str, trigger: str, run: str | None = None) -> str:
@@ -376,26 +330,8 @@ def record_retrain(mlflow_client: Any, name: str, trigger: str, run: str | None 
     history.append(
         {"at": at, "trigger": trigger, "run": run or "", "status": "started", "owner": owner()}
     )
-    mlflow_client.set_registered_model_tag(name, RETRAIN_TAG, json.dumps(history[-HISTORY_KEEP:]))
+    write_list_tag(mlflow_client, name, RETRAIN_TAG, history)
     return at
-
-
-def finish_retrain(
-    mlflow_client: Any,
-    tracking_uri: str,
-    name: str,
-    at: str,
-    status: str,
-    lock_dir: Path,
-    prefect_server: bool = False,
-) -> None:
-    """Mark the retrain started at `at` as done or failed (a failed one holds no cooldown)."""
-    with promotion_lock(tracking_uri, name, lock_dir, prefect_server):
-        history = read_retrains(mlflow_client, name)
-        for entry in history:
-            if entry["at"] == at:
-                entry["status"] = status
-        mlflow_client.set_registered_model_tag(name, RETRAIN_TAG, json.dumps(history))
 
 
 @contextmanager
@@ -407,16 +343,21 @@ def retrain_attempt(
     lock_dir: Path,
     prefect_server: bool = False,
 ) -> Iterator[dict[str, str]]:
-    """Around a claimed retrain: mark it failed if the body raises, else with the status set."""
+    """Around a claimed retrain: mark it failed if the body raises, else with the status set
+    (a failed one holds no cooldown)."""
     attempt = {"status": "done"}
     try:
         yield attempt
     except BaseException:
-        finish_retrain(mlflow_client, tracking_uri, name, at, "failed", lock_dir, prefect_server)
+        attempt["status"] = "failed"
         raise
-    finish_retrain(
-        mlflow_client, tracking_uri, name, at, attempt["status"], lock_dir, prefect_server
-    )
+    finally:
+        with promotion_lock(tracking_uri, name, lock_dir, prefect_server):
+            history = read_retrains(mlflow_client, name)
+            for entry in history:
+                if entry["at"] == at:
+                    entry["status"] = attempt["status"]
+            write_list_tag(mlflow_client, name, RETRAIN_TAG, history)
 
 
 def retrain_allowed(
@@ -429,8 +370,7 @@ def retrain_allowed(
 
     Every attempt counts against the daily cap (a retrain that keeps failing must not run in a
     loop); only attempts that did not fail (or get killed) hold the cooldown, so a failed one
-    can be retried.
-    An attempt skipped for want of new data counts for neither.
+    can be retried. An attempt skipped for want of new data counts for neither.
     """
     tried = [e for e in history if e.get("status") != "skipped"]
     times = sorted(datetime.fromisoformat(e["at"]) for e in tried)
@@ -462,7 +402,7 @@ def end_dead_retrains(mlflow_client: Any, name: str) -> list[dict[str, Any]]:
     for entry in dead:
         entry["status"] = "killed"
     if dead:
-        mlflow_client.set_registered_model_tag(name, RETRAIN_TAG, json.dumps(history))
+        write_list_tag(mlflow_client, name, RETRAIN_TAG, history)
     return history
 
 

@@ -18,30 +18,29 @@ Processes on other hosts cannot be checked from here: their runs and versions ar
 
 from __future__ import annotations
 
-import json
 import logging
-from datetime import UTC, datetime
 from typing import Any
 
 from registry.tracking import OWNER_TAG, owner, owner_alive
-from registry.versions import CHAMPION, COMPLETE_TAG, _not_found, aliases_of
+from registry.versions import (
+    CHAMPION,
+    COMPLETE_TAG,
+    _not_found,
+    aliases_of,
+    now_iso,
+    read_list_tag,
+    write_list_tag,
+)
 
 log = logging.getLogger(__name__)
 
 REPAIRS_TAG = "pynomaly.repairs"
 UNREGISTERED_TAG = "pynomaly.unregistered"
-REPAIRS_KEEP = 50
 
 
 def mark_complete(mlflow_client: Any, name: str, version: int) -> None:
     """The train flow's last registry write: the version's train finished."""
     mlflow_client.set_model_version_tag(name, str(version), COMPLETE_TAG, "true")
-
-
-def read_repairs(mlflow_client: Any, name: str) -> list[dict[str, Any]]:
-    """What repairs did to a model's versions, oldest first."""
-    raw = (mlflow_client.get_registered_model(name).tags or {}).get(REPAIRS_TAG)
-    return json.loads(raw) if raw else []
 
 
 def settle_versions(
@@ -68,8 +67,7 @@ def settle_versions(
             continue  # still training, or on another host
         version = int(mv.version)
         why = reason or f"its train ({who}) was killed before it finished"
-        at = datetime.now(UTC).isoformat(timespec="seconds")
-        entry = {"version": version, "at": at, "by": owner(), "reason": why}
+        entry = {"version": version, "at": now_iso(), "by": owner(), "reason": why}
         if aliases.get(CHAMPION) == version:
             mark_complete(mlflow_client, name, version)
             done.append({**entry, "action": "completed (champion)"})
@@ -83,8 +81,9 @@ def settle_versions(
         mlflow_client.delete_model_version(name, str(version))
         done.append({**entry, "action": "removed"})
     if done:
-        kept = read_repairs(mlflow_client, name) + done
-        mlflow_client.set_registered_model_tag(name, REPAIRS_TAG, json.dumps(kept[-REPAIRS_KEEP:]))
+        write_list_tag(
+            mlflow_client, name, REPAIRS_TAG, read_list_tag(mlflow_client, name, REPAIRS_TAG) + done
+        )
         for entry in done:
             log.warning("%s v%s %s: %s", name, entry["version"], entry["action"], entry["reason"])
     return done

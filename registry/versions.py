@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from pynomaly.errors import InputError
@@ -12,6 +14,8 @@ CHALLENGER = "challenger"
 # Set last by the train flow: the version's train finished (registered, aliased, gated).
 COMPLETE_TAG = "pynomaly.complete"
 FAILED_TAG = "pynomaly.failed"
+# Entries kept in a model's JSON-list tags (champion history, retrains, repairs).
+LIST_TAG_KEEP = 50
 
 
 def client(tracking_uri: str) -> Any:
@@ -23,6 +27,32 @@ def client(tracking_uri: str) -> Any:
 
 def _not_found(exc: Exception) -> bool:
     return getattr(exc, "error_code", "") in {"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"}
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def is_registered(mlflow_client: Any, name: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow_client.get_registered_model(name)
+    except MlflowException as exc:
+        if _not_found(exc):
+            return False
+        raise
+    return True
+
+
+def read_list_tag(mlflow_client: Any, name: str, tag: str) -> list[dict[str, Any]]:
+    """A JSON list kept in a registered model's tag, oldest first."""
+    raw = (mlflow_client.get_registered_model(name).tags or {}).get(tag)
+    return json.loads(raw) if raw else []
+
+
+def write_list_tag(mlflow_client: Any, name: str, tag: str, entries: list[dict[str, Any]]) -> None:
+    mlflow_client.set_registered_model_tag(name, tag, json.dumps(entries[-LIST_TAG_KEEP:]))
 
 
 def parse_model_ref(ref: str) -> tuple[str, str | None]:
@@ -140,13 +170,7 @@ def register_version(
     flow does) must tag it complete when done: until then it is unfinished, and removed once
     its owner is gone (registry.repair).
     """
-    from mlflow.exceptions import MlflowException
-
-    try:
-        mlflow_client.get_registered_model(name)
-    except MlflowException as exc:
-        if not _not_found(exc):
-            raise
+    if not is_registered(mlflow_client, name):
         mlflow_client.create_registered_model(
             name, description="Anomaly detector registered by Pynomaly."
         )
