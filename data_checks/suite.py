@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -88,13 +88,7 @@ class ValidationReport:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "dataset": self.dataset,
-            "success": self.success,
-            "suite_created": self.suite_created,
-            "evaluated": self.evaluated,
-            "failures": self.failures,
-        }
+        return asdict(self)
 
 
 def run_suite(frame: pd.DataFrame, suite: dict) -> ValidationReport:
@@ -117,21 +111,20 @@ def run_suite(frame: pd.DataFrame, suite: dict) -> ValidationReport:
     )
     gx_suite = gx.ExpectationSuite(name=suite["name"], expectations=kept)
     result = batch.validate(gx_suite)
-    failures: list[dict[str, Any]] = []
     missing = {
         e["kwargs"]["column"]
         for e in kept
         if e["type"] == "expect_column_to_exist" and e["kwargs"]["column"] not in present
     }
-    for column in sorted(missing):
-        failures.append(
-            {
-                "expectation": "expect_column_to_exist",
-                "column": column,
-                "kwargs": {},
-                "observed": "column is missing",
-            }
-        )
+    failures: list[dict[str, Any]] = [
+        {
+            "expectation": "expect_column_to_exist",
+            "column": column,
+            "kwargs": {},
+            "observed": "column is missing",
+        }
+        for column in sorted(missing)
+    ]
     for item in result.results:
         config = item.expectation_config
         if item.success or config.kwargs.get("column") in missing:

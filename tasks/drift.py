@@ -32,9 +32,6 @@ class DriftResult:
     reference_rows: int = 0
     current_rows: int = 0
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 def _definition(frame: pd.DataFrame, columns: list[str]) -> Any:
     from evidently import DataDefinition
@@ -193,7 +190,7 @@ def compare_with_training_data(
         current_scores=score_frame(scorer, current)[0],
         score_threshold=scorer.threshold,
     )
-    return result.as_dict(), html
+    return asdict(result), html
 
 
 def log_drift_run(

@@ -235,11 +235,9 @@ def _check_header(columns: list[str], where: str, delimiter: str | None) -> None
                 )
     if any(not n for n in names):
         raise InputError(f"{where}: a column has an empty name")
-    seen: set[str] = set()
-    for name in names:
-        if name in seen:
-            raise InputError(f"{where}: duplicate column name {name!r}")
-        seen.add(name)
+    index = pd.Index(names)
+    if index.has_duplicates:
+        raise InputError(f"{where}: duplicate column name {index[index.duplicated()][0]!r}")
 
 
 def _read_csv(path: Path, chunk_rows: int, delimiter: str, where: str) -> Iterator[pd.DataFrame]:
@@ -271,12 +269,8 @@ def _read_parquet(path: Path, chunk_rows: int, where: str) -> Iterator[pd.DataFr
     except Exception as exc:
         raise InputError(f"{where}: not a readable Parquet file ({exc})") from exc
     _check_header(pf.schema_arrow.names, where, None)
-    empty = True
     for batch in pf.iter_batches(batch_size=chunk_rows):
-        empty = False
         yield batch.to_pandas()
-    if empty:
-        yield pf.schema_arrow.empty_table().to_pandas()
 
 
 def _source_engine(url: str, where: str) -> Any:
@@ -359,12 +353,8 @@ def _read_sql(
                 raise InputError(f"{where}: {query!r} returns no rows (use a table or a SELECT)")
             columns = list(result.keys())
             _check_header(columns, where, None)
-            empty = True
             while rows := result.fetchmany(chunk_rows):
-                empty = False
                 yield pd.DataFrame.from_records(rows, columns=columns)
-            if empty:
-                yield pd.DataFrame(columns=columns)
     except DBAPIError as exc:
         first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         if _refused_write(exc, query):
@@ -382,7 +372,8 @@ def read_chunks(
     delimiter: str = ",",
     s3_endpoint_url: str | None = None,
 ) -> Iterator[pd.DataFrame]:
-    """Raw chunks of a source, in order; raises InputError naming the source on bad input."""
+    """Raw chunks of a source, in order (none when it has no rows); raises InputError naming the
+    source on bad input."""
     check_delimiter(delimiter)
     if is_reference(source):
         url = resolve_reference(source)
@@ -492,12 +483,6 @@ def normalise_chunk(
     return frame
 
 
-def content_hash_update(hasher: Any, frame: pd.DataFrame) -> None:
-    """Feed a normalised chunk to the snapshot hash (independent of how rows are chunked)."""
-    row_hashes = pd.util.hash_pandas_object(frame, index=False).to_numpy()
-    hasher.update(row_hashes.tobytes())
-
-
 def iter_normalised(
     source: str,
     *,
@@ -579,7 +564,8 @@ def snapshot_source(
                         ]
                     )
                     writer = pq.ParquetWriter(local, arrow_schema)
-                content_hash_update(hasher, chunk)
+                # Row by row: the hash does not depend on how the rows were chunked.
+                hasher.update(pd.util.hash_pandas_object(chunk, index=False).to_numpy().tobytes())
                 writer.write_table(
                     pa.Table.from_pandas(chunk, schema=arrow_schema, preserve_index=False)
                 )

@@ -78,6 +78,12 @@ def check_batch_id(batch_id: str | None) -> str | None:
     return batch_id
 
 
+# Anomalies among detection_results rows (0, not NULL, over no rows).
+ANOMALY_COUNT = sa.func.coalesce(
+    sa.func.sum(sa.cast(detection_results.c.is_anomaly, sa.Integer)), 0
+)
+
+
 def summarised_rows() -> sa.Select:
     """detection_results grouped per batch and model version, in detection_batches' columns."""
     t = detection_results
@@ -86,9 +92,7 @@ def summarised_rows() -> sa.Select:
         t.c.model_name,
         t.c.model_version,
         sa.func.count().label("row_count"),
-        sa.func.coalesce(sa.func.sum(sa.cast(t.c.is_anomaly, sa.Integer)), 0).label(
-            "anomaly_count"
-        ),
+        ANOMALY_COUNT.label("anomaly_count"),
         sa.func.max(t.c.scored_at).label("scored_at"),
     ).group_by(t.c.batch_id, t.c.model_name, t.c.model_version)
 
@@ -242,16 +246,12 @@ def replace_batch(
     """
     written = anomalies = 0
     postgres = engine.dialect.name == "postgresql"
+    key = {"batch_id": batch_id, "model_name": model_name, "model_version": int(model_version)}
     with engine.begin() as conn:
         for table in (detection_results, detection_batches):
             conn.execute(sa.delete(table).where(_of(table, batch_id, model_name, model_version)))
         for chunk in chunks:
-            frame = chunk.assign(
-                batch_id=batch_id,
-                model_name=model_name,
-                model_version=int(model_version),
-                scored_at=scored_at,
-            )
+            frame = chunk.assign(**key, scored_at=scored_at)
             if postgres:
                 _copy_rows(conn, frame)
             else:
@@ -260,12 +260,7 @@ def replace_batch(
             anomalies += int(frame["is_anomaly"].astype(bool).sum())
         conn.execute(
             sa.insert(detection_batches).values(
-                batch_id=batch_id,
-                model_name=model_name,
-                model_version=int(model_version),
-                row_count=written,
-                anomaly_count=anomalies,
-                scored_at=scored_at,
+                **key, row_count=written, anomaly_count=anomalies, scored_at=scored_at
             )
         )
     return written
@@ -283,14 +278,9 @@ def batch_counts(
     engine: sa.Engine, batch_id: str, *, model_name: str, model_version: int
 ) -> tuple[int, int]:
     """(rows, anomalies) one model version stored for a batch."""
-    t = detection_results
+    where = _of(detection_results, batch_id, model_name, model_version)
     with engine.connect() as conn:
-        rows, anomalies = conn.execute(
-            sa.select(
-                sa.func.count(),
-                sa.func.coalesce(sa.func.sum(sa.cast(t.c.is_anomaly, sa.Integer)), 0),
-            ).where(_of(t, batch_id, model_name, model_version))
-        ).one()
+        rows, anomalies = conn.execute(sa.select(sa.func.count(), ANOMALY_COUNT).where(where)).one()
     return int(rows), int(anomalies)
 
 

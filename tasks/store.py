@@ -6,6 +6,7 @@ abstraction, but s3fs does not resolve cleanly beside this boto3 (pip falls back
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import tempfile
@@ -82,6 +83,11 @@ class ArtifactStore:
     def is_s3(self) -> bool:
         return self.root.startswith("s3://")
 
+    @property
+    def _root_key(self) -> str:
+        """The key prefix of an S3 root (`s3://bucket/a/b` -> "a/b/")."""
+        return split_s3_uri(self.root.rstrip("/") + "/")[1]
+
     def uri(self, key: str) -> str:
         """Full path or s3:// URI of a key."""
         return f"{self.root.rstrip('/')}/{key}"
@@ -139,8 +145,6 @@ class ArtifactStore:
 
     def put_bytes(self, key: str, data: bytes) -> str:
         """Store bytes under `key`."""
-        import io
-
         return self.put_fileobj(key, io.BytesIO(data))
 
     @contextmanager
@@ -186,7 +190,7 @@ class ArtifactStore:
             return dict(sorted(found.items()))
         found = {}
         with self._s3(prefix) as (client, bucket, _):
-            root_key = split_s3_uri(self.root.rstrip("/") + "/")[1]
+            root_key = self._root_key
             for page in client.get_paginator("list_objects_v2").paginate(
                 Bucket=bucket, Prefix=root_key + prefix
             ):
@@ -210,12 +214,10 @@ class ArtifactStore:
         """Remove every key under a prefix; the number removed."""
         keys = self.list(prefix)
         if not self.is_s3:
-            for key in keys:
-                Path(self.uri(key)).unlink(missing_ok=True)
             shutil.rmtree(self.uri(prefix), ignore_errors=True)
             return len(keys)
         with self._s3(prefix) as (client, bucket, _):
-            root_key = split_s3_uri(self.root.rstrip("/") + "/")[1]
+            root_key = self._root_key
             for start in range(0, len(keys), 1000):
                 batch = [{"Key": root_key + k} for k in keys[start : start + 1000]]
                 client.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
@@ -234,7 +236,7 @@ class ArtifactStore:
         """Current key, size, ETag and version id of every object, sorted by key."""
         listing = []
         with self._s3() as (client, bucket, _):
-            root_key = split_s3_uri(self.root.rstrip("/") + "/")[1]
+            root_key = self._root_key
             pages = client.get_paginator("list_object_versions").paginate(
                 Bucket=bucket, Prefix=root_key
             )
