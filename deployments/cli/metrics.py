@@ -23,21 +23,15 @@ MaxBackupAgeOpt = Annotated[
 ]
 
 
-def _fail_fast_mlflow() -> None:
-    """An unreachable tracking server fails a scrape or check in seconds, not minutes of retries.
-
-    Values the user set explicitly in the environment win.
-    """
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-
-
-def _collector() -> Any:
-    from deployments.monitoring.exporter import PlatformCollector, Sources
+def _sources() -> Any:
+    """What metrics and health read; an unreachable tracking server fails a scrape or check in
+    seconds, not minutes of retries (values set in the environment win)."""
+    from deployments.monitoring.exporter import Sources
     from pynomaly.settings import get_settings
 
-    _fail_fast_mlflow()
-    return PlatformCollector(Sources.from_settings(get_settings()))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    return Sources.from_settings(get_settings())
 
 
 @metrics_app.command()
@@ -51,9 +45,9 @@ def serve(
     def work() -> dict[str, Any]:
         from prometheus_client import start_http_server
 
-        from deployments.monitoring.exporter import metrics_registry
+        from deployments.monitoring.exporter import PlatformCollector, metrics_registry
 
-        start_http_server(port, addr=host, registry=metrics_registry(_collector()))
+        start_http_server(port, addr=host, registry=metrics_registry(PlatformCollector(_sources())))
         return {"url": f"http://{host}:{port}/metrics"}
 
     result = run(work, as_json=False, debug=debug, status="Starting the exporter…")
@@ -69,9 +63,9 @@ def show_(as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
     """Read every metric once and print it."""
 
     def work() -> dict[str, Any]:
-        from deployments.monitoring.exporter import metrics_registry, samples
+        from deployments.monitoring.exporter import PlatformCollector, metrics_registry, samples
 
-        collector = _collector()
+        collector = PlatformCollector(_sources())
         try:
             return {"samples": samples(metrics_registry(collector))}
         finally:
@@ -98,15 +92,10 @@ def health(
     """
 
     def work() -> dict[str, Any]:
-        from deployments.monitoring.exporter import Sources
         from deployments.monitoring.health import health_report
         from pynomaly.settings import get_settings
 
-        _fail_fast_mlflow()
-        settings = get_settings()
-        return health_report(
-            Sources.from_settings(settings), settings.artifact_store, max_backup_age_hours
-        )
+        return health_report(_sources(), get_settings().artifact_store, max_backup_age_hours)
 
     result = run(work, as_json=as_json, debug=debug, status="Checking health…")
     if not as_json:

@@ -52,7 +52,6 @@ def run(
     `checks` validates the arguments before Prefect starts; with --json, whatever libraries
     print on stdout (MLflow's "View run" lines) is kept off it: stdout is the one JSON object.
     """
-    from pynomaly.errors import InputError, first_line
     from pynomaly.settings import apply_runtime_environment, get_settings
 
     if not debug:
@@ -74,37 +73,32 @@ def run(
                 contextlib.redirect_stdout(stray) if as_json else contextlib.nullcontext(),
             ):
                 result = work()
-    except KeyboardInterrupt as exc:
-        # Ctrl-C, SIGTERM or SIGHUP: Prefect's ephemeral server is stopped at exit (atexit).
-        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
-        if debug:
-            traceback.print_exc()
-        err.print(
-            f"pynomaly: interrupted ({signal.Signals(signum).name})", markup=False, highlight=False
-        )
-        raise typer.Exit(128 + signum) from None
-    except InputError as exc:
-        if debug:
-            traceback.print_exc()
-        # One line whatever the message holds (a value quoted from a file may span lines).
-        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-        err.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
     except typer.Exit:
         raise
-    except Exception as exc:
+    except (KeyboardInterrupt, Exception) as exc:
         if debug:
             traceback.print_exc()
-        err.print(
-            f"error: {type(exc).__name__}: {first_line(exc)} (run with --debug for the traceback)",
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
-        )
-        raise typer.Exit(1) from None
+        message, code = _error_line(exc)
+        err.print(message, markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(code) from None
     if as_json:
         sys.stdout.write(json.dumps(result, default=str) + "\n")
     return result
+
+
+def _error_line(exc: BaseException) -> tuple[str, int]:
+    """The one stderr line and exit code of a failed command: 2 bad input, 1 other, 128+signal."""
+    from pynomaly.errors import InputError, first_line
+
+    if isinstance(exc, KeyboardInterrupt):
+        # Ctrl-C, SIGTERM or SIGHUP: Prefect's ephemeral server is stopped at exit (atexit).
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        return f"pynomaly: interrupted ({signal.Signals(signum).name})", 128 + signum
+    if isinstance(exc, InputError):
+        # One line whatever the message holds (a value quoted from a file may span lines).
+        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        return f"error: {message}", 2
+    return f"error: {type(exc).__name__}: {first_line(exc)} (run with --debug for the traceback)", 1
 
 
 class Interrupted(KeyboardInterrupt):

@@ -224,11 +224,8 @@ def _programs(layout: Layout, state: dict, secrets: dict, settings: Settings) ->
         if os.environ.get("PREFECT_WORKER_QUERY_SECONDS"):
             env["PREFECT_WORKER_QUERY_SECONDS"] = os.environ["PREFECT_WORKER_QUERY_SECONDS"]
         state["worker"] = f"{WORK_POOL}-{servers.new_secret(4)}"
-        api = found[-1].url
-        program = servers.worker_program(
-            root / "prefect", api, WORK_POOL, state["worker"], auth_string, env
-        )
-        found.append(program)
+        worker = (found[-1].url, WORK_POOL, state["worker"], auth_string, env)
+        found.append(servers.worker_program(root / "prefect", *worker))
     state |= {"urls": {p.name: p.url for p in found}, "ports": {p.name: p.port for p in found}}
     return found
 

@@ -368,9 +368,8 @@ class PlatformCollector:
             except Exception as exc:  # noqa: BLE001 - reported as pynomaly_scrape_error
                 values[source] = exc
                 self._errors[source] += 1
-                if source == "results" and self._engine is not None:
-                    self._engine.dispose()
-                    self._engine = None
+                if source == "results":
+                    self.close()  # a fresh engine on the next scrape
             values["seconds"][source] = time.perf_counter() - started
         return values
 
