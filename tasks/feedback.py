@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from pynomaly.errors import InputError
 from registry.gate import MIN_FEEDBACK_ANOMALIES, FeedbackRows
@@ -72,13 +73,7 @@ def _upsert(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]) ->
     """Insert rows, replacing those with the same primary key (SQLite and PostgreSQL)."""
     if not rows:
         return
-    name = conn.dialect.name
-    if name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    elif name == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    else:  # pragma: no cover - the platform runs on SQLite or PostgreSQL
-        raise InputError(f"the results DB dialect {name!r} is not supported for feedback")
+    insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[conn.dialect.name]
     keys = [c.name for c in table.primary_key.columns]
     statement = insert(table)
     statement = statement.on_conflict_do_update(
@@ -201,29 +196,18 @@ def read_feedback(source: str) -> pd.DataFrame:
     if frame.empty:
         raise InputError(f"{source}: has a header but no feedback rows")
     batch = [_text(v) for v in frame["batch_id"]]
-    labels: list[int] = []
-    rows: list[int] = []
-    for i, (b, r, label) in enumerate(
-        zip(batch, frame["row_index"], frame["label"], strict=True), start=1
-    ):
-        where = f"{source}: row {i}"
+    label_texts = [_text(v) for v in frame["label"]]
+    indexes = [_text(v) for v in frame["row_index"]]
+    labels, rows = [_whole(t) for t in label_texts], [_whole(t) for t in indexes]
+    for i, (b, label, row) in enumerate(zip(batch, labels, rows, strict=True)):
+        where = f"{source}: row {i + 1}"
         if not b:
             raise InputError(f"{where}: batch_id is empty")
-        text = _text(label)
-        value = _whole(text)
-        if value not in (0, 1):
-            raise InputError(f"{where}: label {text or '(empty)'!r} is not 0 or 1")
-        labels.append(int(value))
-        index = _text(r)
-        row = _whole(index)
+        if label not in (0, 1):
+            raise InputError(f"{where}: label {label_texts[i] or '(empty)'!r} is not 0 or 1")
         if row is None:
-            raise InputError(f"{where}: row_index {index or '(empty)'!r} is not a row number")
-        rows.append(row)
-    notes = (
-        [(_text(v) or None) for v in frame["note"]]
-        if "note" in frame.columns
-        else [None] * len(rows)
-    )
+            raise InputError(f"{where}: row_index {indexes[i] or '(empty)'!r} is not a row number")
+    notes = [_text(v) or None for v in frame["note"]] if "note" in frame.columns else None
     checked = pd.DataFrame({"batch_id": batch, "row_index": rows, "label": labels, "note": notes})
     twice = checked.duplicated(["batch_id", "row_index"], keep=False)
     if twice.any():

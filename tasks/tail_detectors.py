@@ -32,12 +32,9 @@ class _TailProbabilities(BaseDetector):
 
     def _tails(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         n = self.sorted_.shape[0]
-        below = np.empty_like(X)
-        above = np.empty_like(X)
-        for j in range(X.shape[1]):
-            column = self.sorted_[:, j]
-            below[:, j] = np.searchsorted(column, X[:, j], side="right")
-            above[:, j] = n - np.searchsorted(column, X[:, j], side="left")
+        columns = list(zip(self.sorted_.T, X.T, strict=True))
+        below = np.column_stack([np.searchsorted(c, x, side="right") for c, x in columns])
+        above = n - np.column_stack([np.searchsorted(c, x, side="left") for c, x in columns])
         # (count + 1) / (n + 1): a row beyond the training range gets a finite, large score.
         left = -np.log((below + 1) / (n + 1))
         right = -np.log((above + 1) / (n + 1))
