@@ -266,27 +266,19 @@ def record_feedback(
     if not labelled_by or len(labelled_by) > 200:
         raise InputError(f"--by {labelled_by!r}: give a name of 1 to 200 characters")
     rows = read_feedback(source)
-    scored = scored_versions(engine, rows)
-    known_batches = set(scored["batch_id"])
-    if len(known_batches) < rows["batch_id"].nunique():
-        with engine.connect() as conn:
-            known_batches |= set(
-                conn.execute(
-                    sa.select(detection_results.c.batch_id)
-                    .where(detection_results.c.batch_id.in_(sorted(set(rows["batch_id"]))))
-                    .distinct()
-                ).scalars()
-            )
-    scored = scored.astype({"row_index": "int64"})
+    scored = scored_versions(engine, rows).astype({"row_index": "int64"})
     joined = rows.assign(line=np.arange(1, len(rows) + 1)).merge(
         scored, on=["batch_id", "row_index"], how="left"
     )
     unscored = joined[joined["model_name"].isna()]
     if not unscored.empty:
         first = unscored.sort_values("line").iloc[0]
+        t = detection_results.c
+        with engine.connect() as conn:
+            known = conn.scalar(sa.select(sa.exists().where(t.batch_id == first["batch_id"])))
         what = (
             f"batch {first['batch_id']!r} has no scored row {int(first['row_index'])}"
-            if first["batch_id"] in known_batches
+            if known
             else f"batch {first['batch_id']!r} was never scored"
         )
         raise InputError(f"{source}: row {int(first['line'])}: {what}")

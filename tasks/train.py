@@ -96,10 +96,7 @@ def check_training_data(
         raise InputError(
             f"{where}: every feature column is constant ({names}); nothing to learn from"
         )
-    for col in features.columns:
-        values = features[col]
-        if not pd.api.types.is_numeric_dtype(values):
-            continue
+    for col, values in features.select_dtypes("number").items():
         numbers = values.dropna().to_numpy(dtype=float)
         with np.errstate(over="ignore", invalid="ignore"):
             spread = np.var(numbers) if len(numbers) else 0.0
@@ -142,7 +139,6 @@ def plot_scores(
     import matplotlib.pyplot as plt
     from sklearn.metrics import PrecisionRecallDisplay, RocCurveDisplay
 
-    figures: dict[str, Any] = {}
     fig, ax = plt.subplots(figsize=(6, 4))
     if y is None:
         ax.hist(scores, bins=50, color="#4c72b0")
@@ -152,14 +148,12 @@ def plot_scores(
         ax.legend()
     ax.axvline(threshold, color="red", linestyle="--", label="threshold")
     ax.set(xlabel="anomaly score (raw)", ylabel="rows", title="Score distribution")
-    figures["score_histogram.png"] = fig
+    figures = {"score_histogram.png": fig}
     if y is not None:
-        fig, ax = plt.subplots(figsize=(5, 5))
-        RocCurveDisplay.from_predictions(y, scores, ax=ax)
-        figures["roc_curve.png"] = fig
-        fig, ax = plt.subplots(figsize=(5, 5))
-        PrecisionRecallDisplay.from_predictions(y, scores, ax=ax)
-        figures["pr_curve.png"] = fig
+        curves = {"roc_curve.png": RocCurveDisplay, "pr_curve.png": PrecisionRecallDisplay}
+        for name, display in curves.items():
+            figures[name], ax = plt.subplots(figsize=(5, 5))
+            display.from_predictions(y, scores, ax=ax)
     return figures
 
 
