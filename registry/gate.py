@@ -24,16 +24,20 @@ precision on those rows is compared with the champion's, and it decides over lab
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.models import Model
 
 from pynomaly.errors import InputError
 from registry.model import calibrate_threshold
+from registry.versions import client
 
 PROMOTE, KEEP, REJECT = "promote", "keep", "reject"
 DEFAULT_EXPECTED_SHARE = 0.05
@@ -110,9 +114,7 @@ class GateDecision:
             "gate.reasons": json.dumps(self.reasons),
             "gate.metrics": json.dumps({k: round(v, 6) for k, v in self.metrics.items()}),
             "gate.labelled": str(self.labelled).lower(),
-            "gate.champion_version": ""
-            if self.champion_version is None
-            else str(self.champion_version),
+            "gate.champion_version": str(self.champion_version or ""),  # versions count from 1
         }
 
 
@@ -169,9 +171,8 @@ def _pyfunc_scores(output: Any) -> np.ndarray:
     if isinstance(output, pd.DataFrame):
         if "score" in output.columns:
             return np.asarray(output["score"], float)
-        numeric = [c for c in output.columns if pd.api.types.is_numeric_dtype(output[c])]
-        if len(numeric) == 1 and len(output.columns) == 1:
-            return np.asarray(output[numeric[0]], float)
+        if len(output.columns) == 1 and pd.api.types.is_numeric_dtype(output.iloc[:, 0]):
+            return np.asarray(output.iloc[:, 0], float)
         raise InputError(
             "the model's predict returns columns "
             f"{list(output.columns)}; it must return one score per row "
@@ -192,13 +193,6 @@ def _pyfunc_scores(output: Any) -> np.ndarray:
 
 def load_scorer(model_uri: str, tracking_uri: str, tags: dict[str, str] | None = None) -> Scorer:
     """Load a registered model (sklearn, PyOD or pyfunc flavour) as a Scorer."""
-    import tempfile
-
-    import mlflow
-    from mlflow.models import Model
-
-    from registry.versions import client
-
     # Fetched with explicit URIs into a folder removed once loaded (the model is in memory):
     # MLflow resolves a models:/ URI against the process-wide registry URI only, which library
     # code never sets.
@@ -219,18 +213,10 @@ def load_scorer(model_uri: str, tracking_uri: str, tags: dict[str, str] | None =
 
 def _scorer_from(local: str, info: Any, model_uri: str, tags: dict[str, str]) -> Scorer:
     """The Scorer of a model downloaded to `local` (MLmodel `info`)."""
-    import mlflow
-
-    signature = info.signature
-    columns: list[str] = []
-    types: dict[str, str] = {}
-    if (
-        signature is not None
-        and signature.inputs is not None
-        and signature.inputs.has_input_names()
-    ):
-        columns = list(signature.inputs.input_names())
-        types = {c.name: str(c.type) for c in signature.inputs.inputs}
+    schema = info.get_input_schema()
+    named = schema is not None and schema.has_input_names()
+    columns = list(schema.input_names()) if named else []
+    types = {c.name: str(c.type) for c in schema.inputs} if named else {}
     tagged = tags.get("threshold")
     threshold: float | None = float(tagged) if tagged not in (None, "") else None
 

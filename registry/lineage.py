@@ -6,9 +6,12 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from mlflow.exceptions import MlflowException
+
 from pynomaly.errors import InputError
 from registry.promotion import HISTORY_TAG, RETRAIN_TAG
 from registry.repair import REPAIRS_TAG
+from registry.tracking import OWNER_TAG
 from registry.versions import CHAMPION, COMPLETE_TAG, half_registered
 
 LINEAGE_TAGS = [
@@ -59,8 +62,6 @@ def tuning_of(mlflow_client: Any, run_id: str | None) -> dict[str, Any] | None:
 
 def _state(mv: Any, aliases: dict[str, int]) -> str:
     """complete, training (its train still runs) or half-registered (never served)."""
-    from registry.tracking import OWNER_TAG
-
     tags = dict(mv.tags or {})
     if half_registered(mv, aliases):
         return "half-registered"
@@ -155,8 +156,6 @@ def list_models(mlflow_client: Any) -> list[dict[str, Any]]:
 
 def show_model(mlflow_client: Any, name: str, with_tuning: bool = True) -> dict[str, Any]:
     """A model's aliases, champion history, retrains and every version's lineage."""
-    from mlflow.exceptions import MlflowException
-
     try:
         model = mlflow_client.get_registered_model(name)
     except MlflowException as exc:

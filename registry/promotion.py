@@ -19,12 +19,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from mlflow.exceptions import MlflowException
+
 from pynomaly.errors import InputError
+from registry.gate import load_scorer
 from registry.repair import settle_versions
+from registry.tracking import end_dead_runs, end_run, is_tracking_server, owner, owner_alive
 from registry.versions import (
     CHALLENGER,
     CHAMPION,
     aliases_of,
+    client,
     is_registered,
     now_iso,
     read_list_tag,
@@ -54,8 +59,6 @@ def lock_kind(tracking_uri: str, prefect_server: bool = False) -> str:
     server, when the caller talks to a Prefect server)."""
     if tracking_uri.startswith(("postgresql", "postgres")):
         return "postgres"
-    from registry.tracking import is_tracking_server
-
     if is_tracking_server(tracking_uri) and prefect_server:
         return "prefect"
     return "file"
@@ -157,10 +160,6 @@ def _current_stack(mlflow_client: Any, name: str, champion: int | None) -> list[
 
 def check_loadable(mlflow_client: Any, tracking_uri: str, name: str, version: int) -> Any:
     """The model version, after checking it exists, is READY and its model loads."""
-    from mlflow.exceptions import MlflowException
-
-    from registry.gate import load_scorer
-
     try:
         mv = mlflow_client.get_model_version(name, str(version))
     except MlflowException as exc:
@@ -274,8 +273,6 @@ def repair_model(
 ) -> dict[str, Any]:
     """Before a command on a model: end runs a dead process left RUNNING (in the experiment)
     and settle the model's unfinished versions; what was done."""
-    from registry.tracking import end_dead_runs
-
     killed = end_dead_runs(tracking_uri, experiment_id) if experiment_id else []
     versions = []
     if is_registered(mlflow_client, name):
@@ -300,9 +297,6 @@ def abandon_train(
 
     A failure to clean up is only printed: the next command repairs it, the first error counts.
     """
-    from registry.tracking import end_run
-    from registry.versions import client
-
     try:
         end_run(tracking_uri, run_id, "FAILED")
         mlflow_client = client(tracking_uri)
@@ -323,8 +317,6 @@ def read_retrains(mlflow_client: Any, name: str) -> list[dict[str, Any]]:
 
 def record_retrain(mlflow_client: Any, name: str, trigger: str, run: str | None = None) -> str:
     """Append a started retrain to the model's history; returns its time, the entry's key."""
-    from registry.tracking import owner
-
     history = read_retrains(mlflow_client, name)
     at = now_iso()
     history.append(
@@ -391,8 +383,6 @@ def retrain_allowed(
 def end_dead_retrains(mlflow_client: Any, name: str) -> list[dict[str, Any]]:
     """The retrain history, with attempts still "started" by a process that is gone marked
     "killed" (so a killed retrain holds no cooldown); the caller holds the lock."""
-    from registry.tracking import owner_alive
-
     history = read_retrains(mlflow_client, name)
     dead = [
         e

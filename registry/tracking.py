@@ -11,7 +11,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
+from mlflow.models import infer_signature
 
 from registry.model import DetectorModel
 
@@ -88,8 +92,6 @@ def ensure_experiment(name: str, tracking_uri: str, artifact_root: str) -> str:
     With a tracking server (http URI) the server decides where artifacts go (it may proxy
     them with --serve-artifacts), so no location is forced then.
     """
-    from mlflow import MlflowClient
-
     mlflow_client = MlflowClient(tracking_uri)
     found = mlflow_client.get_experiment_by_name(name)
     if found is not None:
@@ -130,8 +132,6 @@ def log_training(
     the process-wide tracking URI to `tracking_uri`.
     """
     import matplotlib.pyplot as plt
-    import mlflow
-    from mlflow.models import infer_signature
 
     example = features.head(INPUT_EXAMPLE_ROWS)
     signature = infer_signature(example, model.predict(None, example))
@@ -159,8 +159,6 @@ def log_training(
 
 def start_run(tracking_uri: str, experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
     """Open a run that child runs (tuning trials) can hang under; log_training resumes it."""
-    from mlflow import MlflowClient
-
     run = MlflowClient(tracking_uri).create_run(
         experiment_id, run_name=run_name, tags={**tags, OWNER_TAG: owner()}
     )
@@ -170,8 +168,6 @@ def start_run(tracking_uri: str, experiment_id: str, run_name: str, tags: dict[s
 def end_run(tracking_uri: str, run_id: str, status: str) -> None:
     """Close a run opened by start_run that will not be resumed (e.g. training failed); a run
     that already ended (logging the model ends it) keeps its status."""
-    from mlflow import MlflowClient
-
     mlflow_client = MlflowClient(tracking_uri)
     if mlflow_client.get_run(run_id).info.status == "RUNNING":
         mlflow_client.set_terminated(run_id, status=status)
@@ -180,8 +176,6 @@ def end_run(tracking_uri: str, run_id: str, status: str) -> None:
 def end_dead_runs(tracking_uri: str, experiment_id: str) -> list[str]:
     """Mark KILLED the runs left RUNNING by a process of this host that no longer exists;
     the ids of the runs ended. Runs without an owner tag or from other hosts are left alone."""
-    from mlflow import MlflowClient
-
     mlflow_client = MlflowClient(tracking_uri)
     ended = []
     for run in mlflow_client.search_runs(
@@ -197,9 +191,6 @@ def end_dead_runs(tracking_uri: str, experiment_id: str) -> list[str]:
 
 def trial_logger(tracking_uri: str, experiment_id: str, parent_run_id: str) -> Any:
     """A callback logging each tuning trial (a dict) as an MLflow child run."""
-    from mlflow import MlflowClient
-    from mlflow.entities import Metric, Param
-
     mlflow_client = MlflowClient(tracking_uri)
 
     def log_trial(trial: dict[str, Any]) -> None:
