@@ -391,12 +391,8 @@ def decide(
     config: GateConfig | None = None,
     feedback: FeedbackScores | None = None,
 ) -> GateDecision:
-    """Compare a challenger with the champion on the same rows and decide promote/keep/reject.
-
-    With analyst feedback holding at least MIN_FEEDBACK_ANOMALIES labelled anomalies, the
-    challenger is also judged on those labels (average precision against the champion's); a
-    label-free doubt (disagreement with the champion, few rows) then no longer holds it back.
-    """
+    """Compare a challenger with the champion on the same rows and decide promote/keep/reject
+    (analyst feedback, once there is enough, overrules label-free doubts: see the module doc)."""
     config = config or GateConfig()
     failed: list[str] = []
     soft: list[str] = []
@@ -491,11 +487,8 @@ def decide(
 def judge_feedback(
     feedback: FeedbackScores, margin: float, metrics: dict[str, float]
 ) -> tuple[bool, bool, str]:
-    """(judged on labels, passed, reason): analyst labels judge once there are enough of them.
-
-    The challenger's average precision over the labelled rows may not drop more than `margin`
-    below the champion's on the same rows; ROC-AUC is recorded beside it.
-    """
+    """(judged on labels, passed, reason): once there are enough analyst labels, the challenger's
+    average precision on them may drop at most `margin` below the champion's."""
     labels = np.asarray(feedback.labels, int)
     anomalies, normals = int(labels.sum()), int((labels == 0).sum())
     metrics.update(
@@ -546,10 +539,9 @@ def holdout_rows(
     """The labelled hold-out rows a platform training run did not fit on (same split as train)."""
     from sklearn.model_selection import train_test_split
 
-    _, hold = train_test_split(
+    return train_test_split(
         frame, test_size=share, stratify=frame[label_column], random_state=random_state
-    )
-    return hold
+    )[1]
 
 
 def _deterministic(scorer: Scorer, frame: pd.DataFrame, scores: np.ndarray) -> bool:

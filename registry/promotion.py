@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -365,17 +365,16 @@ def retrain_allowed(
     can be retried. An attempt skipped for want of new data counts for neither.
     """
     tried = [e for e in history if e.get("status") != "skipped"]
-    times = sorted(datetime.fromisoformat(e["at"]) for e in tried)
-    last_day = [t for t in times if (now - t).total_seconds() < 86_400]
-    if len(last_day) >= max_per_day:
-        return False, f"{len(last_day)} retrain(s) in the last 24 h (cap {max_per_day})"
-    held = sorted(
+    last_day = sum(now - datetime.fromisoformat(e["at"]) < timedelta(days=1) for e in tried)
+    if last_day >= max_per_day:
+        return False, f"{last_day} retrain(s) in the last 24 h (cap {max_per_day})"
+    held = [
         datetime.fromisoformat(e["at"])
         for e in tried
         if e.get("status") not in {"failed", "killed"}
-    )
-    if held and (now - held[-1]).total_seconds() < cooldown_hours * 3600:
-        ago = (now - held[-1]).total_seconds() / 3600
+    ]
+    if held and now - max(held) < timedelta(hours=cooldown_hours):
+        ago = (now - max(held)) / timedelta(hours=1)
         return False, f"last retrain {ago:.1f} h ago (cooldown {cooldown_hours:g} h)"
     return True, "allowed"
 

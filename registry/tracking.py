@@ -110,7 +110,6 @@ class LoggedModel:
 
     run_id: str
     model_uri: str
-    experiment_id: str
 
 
 def log_training(
@@ -152,9 +151,7 @@ def log_training(
             signature=signature,
             input_example=example,
         )
-    return LoggedModel(
-        run_id=run.info.run_id, model_uri=info.model_uri, experiment_id=experiment_id
-    )
+    return LoggedModel(run_id=run.info.run_id, model_uri=info.model_uri)
 
 
 def start_run(tracking_uri: str, experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
