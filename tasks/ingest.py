@@ -7,7 +7,6 @@ every row), so the same content is the same version whatever the file it came fr
 
 from __future__ import annotations
 
-import codecs
 import csv
 import hashlib
 import json
@@ -192,35 +191,19 @@ def _check_text(path: Path, where: str) -> None:
 
 def _utf8_error(path: Path, where: str) -> InputError:
     """The first byte of a file that is not UTF-8, by its offset and line in the file."""
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    offset = lines = 0
+    offset = 0
     with open(path, "rb") as fh:
-        while True:
-            block = fh.read(1 << 20)
-            pending = decoder.getstate()[0]
+        # Line by line: no UTF-8 sequence holds a newline byte, so none is split.
+        for number, line in enumerate(fh, 1):
             try:
-                decoder.decode(block, final=not block)
+                line.decode("utf-8")
             except UnicodeDecodeError as exc:
-                data = pending + block
-                bad = offset - len(pending) + exc.start
-                line = lines + data[: exc.start].count(b"\n") + 1
                 return InputError(
-                    f"{where}: not UTF-8 text: byte 0x{data[exc.start]:02x} at byte offset "
-                    f"{bad} (line {line}); save the file as UTF-8"
+                    f"{where}: not UTF-8 text: byte 0x{line[exc.start]:02x} at byte offset "
+                    f"{offset + exc.start} (line {number}); save the file as UTF-8"
                 )
-            if not block:
-                break
-            offset += len(block)
-            lines += block.count(b"\n")
+            offset += len(line)
     return InputError(f"{where}: not UTF-8 text")
-
-
-def _csv_header(path: Path, delimiter: str, where: str) -> list[str]:
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            return next(csv.reader(fh, delimiter=delimiter), [])
-    except UnicodeDecodeError as exc:
-        raise _utf8_error(path, where) from exc
 
 
 def _check_header(columns: list[str], where: str, delimiter: str | None) -> None:
@@ -241,18 +224,16 @@ def _check_header(columns: list[str], where: str, delimiter: str | None) -> None
 
 
 def _read_csv(path: Path, chunk_rows: int, delimiter: str, where: str) -> Iterator[pd.DataFrame]:
-    if path.stat().st_size == 0:
-        raise InputError(f"{where}: file is empty")
     _check_text(path, where)
-    header = _csv_header(path, delimiter, where)
-    if not header:
-        raise InputError(f"{where}: file is empty")
-    _check_header(header, where, delimiter)
     try:
-        reader = pd.read_csv(
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            header = next(csv.reader(fh, delimiter=delimiter), [])
+        if not header:
+            raise InputError(f"{where}: file is empty")
+        _check_header(header, where, delimiter)
+        yield from pd.read_csv(
             path, sep=delimiter, chunksize=chunk_rows, skipinitialspace=True, encoding="utf-8-sig"
         )
-        yield from reader
     except pd.errors.ParserError as exc:
         raise InputError(f"{where}: cannot parse CSV: {str(exc).strip()}") from exc
     except UnicodeDecodeError as exc:
@@ -411,29 +392,16 @@ def _read_file(path: Path, where: str, chunk_rows: int, delimiter: str) -> Itera
 # --------------------------------------------------------------------------- normalising
 
 
-def infer_schema(chunk: pd.DataFrame, where: str) -> dict[str, str]:
+def infer_schema(chunk: pd.DataFrame) -> dict[str, str]:
     """Column -> "float64" (numeric) or "string" (categorical), decided on the first chunk."""
     schema: dict[str, str] = {}
     for col in chunk.columns:
         values = chunk[col]
-        if pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
-            schema[col] = "float64"
-            continue
         present = values.dropna()
-        if present.empty:
-            schema[col] = "float64"  # only empty cells so far; must be numbers if anything
-            continue
-        parsed = pd.to_numeric(present, errors="coerce")
-        share = float(parsed.notna().mean())
-        if share == 1.0:
-            schema[col] = "float64"
-        elif share >= NUMERIC_SHARE:
-            bad_pos = int(np.flatnonzero(parsed.isna().to_numpy())[0])
-            bad_row = present.index[bad_pos]
-            raise InputError(
-                f"{where}: column {col!r} is numeric but row {int(bad_row) + 1} holds "
-                f"{present.iloc[bad_pos]!r}"
-            )
+        if pd.api.types.is_numeric_dtype(values) or present.empty:
+            schema[col] = "float64"  # (only empty cells so far: must be numbers if anything)
+        elif pd.to_numeric(present, errors="coerce").notna().mean() >= NUMERIC_SHARE:
+            schema[col] = "float64"  # normalise_chunk names the first cell that is not a number
         else:
             schema[col] = "string"
     return schema
@@ -442,9 +410,8 @@ def infer_schema(chunk: pd.DataFrame, where: str) -> dict[str, str]:
 def normalise_chunk(
     chunk: pd.DataFrame, schema: dict[str, str], where: str, row_offset: int
 ) -> pd.DataFrame:
-    """Cast a chunk to the schema; text in a numeric column, an infinity or a number beyond
-    ±MAX_MAGNITUDE is an InputError."""
-    chunk = chunk.rename(columns=lambda c: str(c).strip())
+    """Cast a chunk (its names stripped) to the schema; text in a numeric column, an infinity or
+    a number beyond ±MAX_MAGNITUDE is an InputError."""
     if list(chunk.columns) != list(schema):
         raise InputError(f"{where}: columns changed within the source at row {row_offset + 1}")
     out: dict[str, Any] = {}
@@ -484,27 +451,16 @@ def normalise_chunk(
 
 
 def iter_normalised(
-    source: str,
-    *,
-    query: str | None = None,
-    chunk_rows: int = 50_000,
-    delimiter: str = ",",
-    s3_endpoint_url: str | None = None,
+    chunks: Iterator[pd.DataFrame], where: str
 ) -> Iterator[tuple[pd.DataFrame, dict[str, str]]]:
-    """Normalised chunks of a source with its schema; every check that needs one chunk at a time."""
+    """Normalised chunks, with the schema inferred from the first; every per-chunk check."""
     schema: dict[str, str] | None = None
     offset = 0
-    for raw in read_chunks(
-        source,
-        query=query,
-        chunk_rows=chunk_rows,
-        delimiter=delimiter,
-        s3_endpoint_url=s3_endpoint_url,
-    ):
+    for raw in chunks:
         raw = raw.rename(columns=lambda c: str(c).strip())
         if schema is None:
-            schema = infer_schema(raw, source)
-        chunk = normalise_chunk(raw, schema, source, offset)
+            schema = infer_schema(raw)
+        chunk = normalise_chunk(raw, schema, where, offset)
         offset += len(chunk)
         yield chunk, schema
 
@@ -547,22 +503,18 @@ def snapshot_source(
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / "snapshot.parquet"
         writer = None
+        chunks = read_chunks(
+            source,
+            query=query,
+            chunk_rows=chunk_rows,
+            delimiter=delimiter,
+            s3_endpoint_url=store.endpoint_url,
+        )
         try:
-            for chunk, schema in iter_normalised(
-                source,
-                query=query,
-                chunk_rows=chunk_rows,
-                delimiter=delimiter,
-                s3_endpoint_url=store.endpoint_url,
-            ):
+            for chunk, schema in iter_normalised(chunks, source):
                 if writer is None:
                     hasher.update(json.dumps(schema, sort_keys=False).encode())
-                    arrow_schema = pa.schema(
-                        [
-                            (c, pa.float64() if k == "float64" else pa.string())
-                            for c, k in schema.items()
-                        ]
-                    )
+                    arrow_schema = pa.schema({c: pa.type_for_alias(k) for c, k in schema.items()})
                     writer = pq.ParquetWriter(local, arrow_schema)
                 # Row by row: the hash does not depend on how the rows were chunked.
                 hasher.update(pd.util.hash_pandas_object(chunk, index=False).to_numpy().tobytes())
@@ -573,6 +525,7 @@ def snapshot_source(
                 for col in chunk.columns:
                     non_null[col] = non_null.get(col, 0) + int(chunk[col].notna().sum())
         finally:
+            chunks.close()  # the source's connection or download goes now, not at collection
             if writer is not None:
                 writer.close()
         if rows == 0:
