@@ -188,9 +188,9 @@ def label_free_ranking(
     return model.rank(meta_features(matrix, random_state), allowed=list(META_CONFIGS))
 
 
-def pooled_members(ranking: list[tuple[str, float]], top_k: int = META_TOP_K) -> list[str]:
-    """The members of the top_k configurations, in META_MEMBERS order."""
-    chosen = {m for name, _ in ranking[:top_k] for m in META_CONFIGS[name][0]}
+def pooled_members(ranking: list[tuple[str, float]]) -> list[str]:
+    """The members of the META_TOP_K best configurations, in META_MEMBERS order."""
+    chosen = {m for name, _ in ranking[:META_TOP_K] for m in META_CONFIGS[name][0]}
     return [m for m in META_MEMBERS if m in chosen]
 
 
@@ -479,11 +479,7 @@ def _search(
                 trial_callback(trial_info(trial))
 
     # Refit: the best configuration that fits on all rows wins (a few fail on other data).
-    completed = [
-        t
-        for t in study.get_trials(deepcopy=False)
-        if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None
-    ]
+    completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not completed:
         raise InputError(
             f"AutoML finished no trial within {time_budget_s:.0f} s; raise time_budget_s"
