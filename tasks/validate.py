@@ -45,14 +45,13 @@ def validate_snapshot(
     """Run the suite (creating it from this snapshot if there is none); raise on failure."""
     name = suite_name or manifest.dataset
     suite = load_suite(store, name)
-    if suite is None:
+    create = suite is None
+    if create:
         suite = generate_suite(frame, name, optional_columns or [])
-        report = run_suite(frame, suite)
-        if report.success:
-            store.put_bytes(suite_key(name), dumps_suite(suite))
-            report.suite_created = True
-    else:
-        report = run_suite(frame, suite)
+    report = run_suite(frame, suite)
+    if create and report.success:
+        store.put_bytes(suite_key(name), dumps_suite(suite))
+        report.suite_created = True
     if not report.success:
         where = quarantine(store, manifest, report)
         raise ValidationFailed(f"{report.summary()}; batch quarantined at {where}", where)
