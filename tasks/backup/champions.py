@@ -72,17 +72,14 @@ def _champion_sample(tracking_uri: str, champ: dict[str, Any], folder: Path, row
     if example is None:
         return {**champ, "sample": None, "reason": "no input example logged"}
     example = example.head(rows)
+    sample = {
+        "columns": [str(c) for c in example.columns],
+        "dtypes": {str(c): str(t) for c, t in example.dtypes.items()},
+        "data": example.to_numpy().tolist(),
+    }
     # Score the rows as they come back from JSON, exactly as the check will later
     # (JSON keeps every float's repr, so nothing is rounded on the way).
-    sample = json.loads(
-        json.dumps(
-            {
-                "columns": [str(c) for c in example.columns],
-                "dtypes": {str(c): str(t) for c, t in example.dtypes.items()},
-                "data": example.to_numpy().tolist(),
-            }
-        )
-    )
+    sample = json.loads(json.dumps(sample))
     return {**champ, "sample": sample, "scores": _scores(model, _frame(sample))}
 
 

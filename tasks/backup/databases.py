@@ -92,19 +92,13 @@ class Database:
 def pg_tool(name: str, folder: Path | None = None) -> str:
     """Path of a PostgreSQL program (pg_dump, initdb, ...): in `folder` (PYNOMALY_PG_BIN) when
     given, else the newest /usr/lib/postgresql/<version>/bin, else PATH."""
-    candidates = [folder / name] if folder else []
-    installed = Path("/usr/lib/postgresql")
-    if installed.is_dir():
-        versions = sorted(
-            (p for p in installed.iterdir() if p.name.isdigit()),
-            key=lambda p: int(p.name),
-            reverse=True,
-        )
-        candidates += [p / "bin" / name for p in versions]
-    for candidate in candidates:
-        if candidate.exists():
-            return str(candidate)
-    found = shutil.which(name)
+    installed = [
+        p for p in Path("/usr/lib/postgresql").glob(f"*/bin/{name}") if p.parts[-3].isdigit()
+    ]
+    candidates = ([folder / name] if folder else []) + sorted(
+        installed, key=lambda p: int(p.parts[-3]), reverse=True
+    )
+    found = next((str(p) for p in candidates if p.exists()), None) or shutil.which(name)
     if not found:
         raise InputError(f"{name} not found: install the PostgreSQL client or set PYNOMALY_PG_BIN")
     return found

@@ -67,17 +67,18 @@ def drill_restore(
         pg_scratch = [d for d in scratch.databases().values() if d.kind == "postgresql"]
         try:
             manifest = verify_backup(store, backup_id, folder / "backup", key)
-            listing_mode = manifest["artifacts"]["mode"] == "listing"
             drill_manifest = manifest
-            if listing_mode:
+            if manifest["artifacts"]["mode"] == "listing":
                 # The scratch store is a folder: fetch the recorded versions into it instead.
                 download_versions(
                     state.artifacts,
                     read_json_gz(folder / "backup" / ARTIFACTS_LISTING),
                     Path(scratch.artifacts.root),
                 )
-                drill_manifest = {**manifest, "artifacts": {**manifest["artifacts"]}}
-                drill_manifest["artifacts"]["mode"] = "copy"
+                drill_manifest = {
+                    **manifest,
+                    "artifacts": {**manifest["artifacts"], "mode": "copy"},
+                }
                 pack_store(scratch.artifacts, folder / "backup" / ARTIFACTS_COPY)
             report = apply_backup(scratch, drill_manifest, folder / "backup")
             if state.server_uri:

@@ -58,13 +58,11 @@ def backup_time(backup_id: str) -> datetime:
 
 
 def is_backup_id(text: str) -> bool:
-    if not ID_PATTERN.fullmatch(text):
-        return False
+    """Whether `text` has the form of a backup id and names a real time."""
     try:
-        backup_time(text)
+        return bool(ID_PATTERN.fullmatch(text)) and bool(backup_time(text))
     except InputError:
         return False
-    return True
 
 
 def check_id(backup_id: str) -> str:

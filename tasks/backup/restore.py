@@ -73,10 +73,8 @@ def check_restored(state: PlatformState, manifest: dict[str, Any], folder: Path)
     # Files count when they are back with the size they had.
     restored = state.artifacts.sizes()
     staged = check_staged(manifest, folder)
-    wanted = staged["artifacts"]
-    found["artifacts"] = sum(1 for k, size in wanted.items() if restored.get(k) == size)
-    suites = staged["suites"]
-    found["expectation_suites"] = sum(1 for k, size in suites.items() if restored.get(k) == size)
+    for name, part in (("artifacts", "artifacts"), ("expectation_suites", "suites")):
+        found[name] = sum(1 for k, size in staged[part].items() if restored.get(k) == size)
     problems = [
         f"{name}: backup has {value}, restored state has {found.get(name)}"
         for name, value in sorted(expected.items())

@@ -29,9 +29,7 @@ class PlatformState:
 
     def databases(self) -> dict[str, Database]:
         """role -> database, in dump order."""
-        found = {"results": self.results, "optuna": self.optuna, "mlflow": self.mlflow}
-        found["prefect"] = self.prefect
-        return {role: found[role] for role in DB_ROLES if found[role] is not None}
+        return {role: getattr(self, role) for role in DB_ROLES if getattr(self, role) is not None}
 
     @property
     def tracking_uri(self) -> str:
