@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
+from prefect.events import emit_event
 
 from pynomaly.settings import get_settings
 from tasks.steps import compare_with_training_data, load_source, log_drift_run, resolve_model
@@ -68,8 +70,6 @@ def check_drift(
 
             retrain = retrain_detector(name, source=batch.snapshot_uri, trigger="drift")
         else:
-            from datetime import UTC, datetime
-
             ok, why = retrain_allowed(
                 read_retrains(client(uri), name),
                 datetime.now(UTC),
@@ -77,8 +77,6 @@ def check_drift(
                 settings.max_retrains_per_day,
             )
             if ok:
-                from prefect.events import emit_event
-
                 emit_event(
                     event=DRIFT_EVENT,
                     resource={

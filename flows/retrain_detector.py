@@ -109,14 +109,11 @@ def retrain_detector(
                 time_budget_s=time_budget_s,
                 n_trials=n_trials,
             )
-        version = str(trained["version"])
-        mlflow_client.set_model_version_tag(model, version, WINDOW_TAG, json.dumps(parts))
-        mlflow_client.set_model_version_tag(model, version, "retrain_trigger", trigger)
-        if used:
-            mlflow_client.set_model_version_tag(model, version, "feedback", json.dumps(used))
-        mlflow_client.set_model_version_tag(
-            model, version, "window_policy", f"{window}:{window_size}"
-        )
+        tags = {WINDOW_TAG: json.dumps(parts), "retrain_trigger": trigger}
+        tags |= {"feedback": json.dumps(used)} if used else {}
+        tags["window_policy"] = f"{window}:{window_size}"
+        for tag, value in tags.items():
+            mlflow_client.set_model_version_tag(model, str(trained["version"]), tag, value)
         return {
             "status": "done",
             "model": model,

@@ -149,18 +149,19 @@ def load_model_scorer(tracking_uri: str, resolved: Any) -> Any:
     return load_scorer(resolved.uri, tracking_uri, resolved.tags)
 
 
-# Drift, evaluation and the retraining window: tasks straight over their plain functions
-compare_with_training_data = task(name="compare_with_training_data", cache_policy=NO_CACHE)(
-    drift.compare_with_training_data
-)
-log_drift_run = task(name="log_drift_run", cache_policy=NO_CACHE, **IO)(drift.log_drift_run)
-load_evaluation_data = task(name="load_evaluation_data", cache_policy=NO_CACHE)(
-    evaluate.load_evaluation_data
-)
-gate_version = task(name="gate_version", cache_policy=NO_CACHE)(evaluate.gate_version)
-promote_version = task(name="promote_version", cache_policy=NO_CACHE)(evaluate.promote_version)
-find_new_batches = task(name="find_new_batches", cache_policy=NO_CACHE)(window.find_new_batches)
-combine_window = task(name="combine_window", cache_policy=NO_CACHE)(window.combine_window)
+def plain_task(fn: Any, **options: Any) -> Any:
+    """A task straight over a plain function, named after it."""
+    return task(name=fn.__name__, cache_policy=NO_CACHE, **options)(fn)
+
+
+# Drift, evaluation and the retraining window
+compare_with_training_data = plain_task(drift.compare_with_training_data)
+log_drift_run = plain_task(drift.log_drift_run, **IO)
+load_evaluation_data = plain_task(evaluate.load_evaluation_data)
+gate_version = plain_task(evaluate.gate_version)
+promote_version = plain_task(evaluate.promote_version)
+find_new_batches = plain_task(window.find_new_batches)
+combine_window = plain_task(window.combine_window)
 
 
 @task(name="check_batch_schema", cache_policy=NO_CACHE)
@@ -266,8 +267,6 @@ def load_feedback_labels(results_url: str, store: ArtifactStore, model: str) -> 
 
 # Backups ---------------------------------------------------------------------------------------
 
-create_backup = task(name="create_backup", cache_policy=NO_CACHE)(backup.create_backup)
-prune_backups = task(name="prune_backups", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)(
-    backup.prune_backups
-)
-drill_restore = task(name="drill_restore", cache_policy=NO_CACHE)(backup.drill_restore)
+create_backup = plain_task(backup.create_backup)
+prune_backups = plain_task(backup.prune_backups, retries=2, retry_delay_seconds=5)
+drill_restore = plain_task(backup.drill_restore)

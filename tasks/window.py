@@ -14,16 +14,14 @@ WINDOW_TAG = "window_snapshots"
 
 def earlier_snapshots(versions: list[Any]) -> list[str]:
     """`dataset/sha256` of every snapshot the model's versions were trained on, oldest first."""
-    seen: list[str] = []
+    parts: list[str] = []
     for mv in sorted(versions, key=lambda v: int(v.version)):
         tags = dict(mv.tags or {})
-        parts = json.loads(tags[WINDOW_TAG]) if tags.get(WINDOW_TAG) else None
-        if parts is None and tags.get("dataset_sha256"):
-            parts = [f"{tags['dataset']}/{tags['dataset_sha256']}"]
-        for part in parts or []:
-            if part not in seen:
-                seen.append(part)
-    return seen
+        if tags.get(WINDOW_TAG):
+            parts += json.loads(tags[WINDOW_TAG])
+        elif tags.get("dataset_sha256"):
+            parts.append(f"{tags['dataset']}/{tags['dataset_sha256']}")
+    return list(dict.fromkeys(parts))  # each once, where first seen
 
 
 def choose_window(earlier: list[str], new: list[str], policy: str, size: int) -> list[str]:
@@ -68,10 +66,7 @@ def combine_window(
     from tasks.feedback import apply_feedback_labels
     from tasks.ingest import load_manifest, load_snapshot
 
-    frames = []
-    for part in window:
-        dataset, sha = part.split("/", 1)
-        frames.append(load_snapshot(store, load_manifest(store, dataset, sha)))
+    frames = [load_snapshot(store, load_manifest(store, *part.split("/", 1))) for part in window]
     used: dict[str, int] = {}
     labelled = (
         None
