@@ -68,9 +68,9 @@ def create_backup(
             artifact_files = pack_store(state.artifacts, staging / ARTIFACTS_COPY)
 
         mlflow_db = databases.get("mlflow", {})
-        champions = mlflow_db.get("champions", [])
+        champions = mlflow_db.get("champions", []) if record_champions else []
         warnings: list[str] = []
-        if record_champions and champions:
+        if champions:
             samples = record_champion_samples(state.tracking_uri, champions)
             write_json_gz(staging / CHAMPIONS, samples)
             warnings += [
@@ -105,9 +105,7 @@ def create_backup(
                 "bytes": sum(artifact_files.values()),
             },
             "counts": counts,
-            "champions": [{k: c[k] for k in ("model", "version")} for c in champions]
-            if record_champions
-            else [],
+            "champions": [{k: c[k] for k in ("model", "version")} for c in champions],
             "files": files,
             "warnings": warnings,
         }
