@@ -75,9 +75,9 @@ def validate_batch(
     optional_columns: list[str] | None = None,
 ) -> ValidationReport:
     """Validate a snapshot with its dataset's expectation suite; quarantine it on failure."""
-    frame = load_snapshot(store, manifest)
+    # Read chunk by chunk from the snapshot: the batch is never held whole.
     return validate_snapshot(
-        store, manifest, frame, suite_name=suite_name, optional_columns=optional_columns
+        store, manifest, suite_name=suite_name, optional_columns=optional_columns
     )
 
 

@@ -79,3 +79,25 @@ def test_an_edited_suite_is_used(tmp_path: Path) -> None:
     manifest, frame = ingest(normal_frame(3), tmp_path / "c.csv", store)
     with pytest.raises(ValidationFailed, match="column 'x'"):
         validate_snapshot(store, manifest, frame)
+
+
+def test_chunked_validation_decides_as_on_the_whole_frame(tmp_path: Path) -> None:
+    """Counts of `mostly` expectations add up across chunks; whole-column ones see every row."""
+    from data_checks.suite import generate_suite, run_suite
+
+    frame = normal_frame(0, n=1_000)
+    frame.loc[::3, "x"] = np.nan
+    chunks = lambda f: lambda: (f.iloc[i : i + 97] for i in range(0, len(f), 97))  # noqa: E731
+    suite = generate_suite(frame, "d", [])
+    assert generate_suite(chunks(frame), "d", []) == suite
+    suite["expectations"].append(
+        {"type": "expect_column_mean_to_be_between", "kwargs": {"column": "x", "min_value": 1}}
+    )
+    broken = frame.assign(x=frame["x"].where(np.arange(len(frame)) % 10 > 0, 1e6))
+    for data in (frame, broken):
+        whole, chunked = run_suite(data, suite), run_suite(chunks(data), suite)
+        assert (chunked.success, chunked.failures) == (whole.success, whole.failures)
+        assert not whole.success  # the mean expectation fails on both
+    failed = {f["expectation"]: f["observed"] for f in run_suite(chunks(broken), suite).failures}
+    # 100 of the 700 non-missing x values are out of range (each chunk alone has its own share).
+    assert failed["expect_column_values_to_be_between"] == "14.3% unexpected"
