@@ -10,11 +10,11 @@ A results DB written before this key (batch_id, row_index) is migrated in place 
 
 from __future__ import annotations
 
-import csv
 import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
@@ -215,18 +215,71 @@ def results_engine(url: str) -> sa.Engine:
     return engine
 
 
-def _copy_rows(conn: sa.Connection, frame: pd.DataFrame) -> None:
-    """PostgreSQL bulk load through COPY on the transaction's own connection."""
-    buf = io.StringIO()
-    frame[COLUMNS].to_csv(buf, index=False, header=False, quoting=csv.QUOTE_MINIMAL)
-    statement = f"COPY detection_results ({', '.join(COLUMNS)}) FROM STDIN WITH CSV"
+# The batch's constant columns first: each chunk then sends only row_index, score, is_anomaly.
+KEY_COLUMNS = ["batch_id", "model_name", "model_version", "scored_at"]
+INSERT_ORDER = [*KEY_COLUMNS, "row_index", "score", "is_anomaly"]
+
+
+def _copy_text(value: str) -> str:
+    """A value in COPY's text format (backslash, tab and line breaks escaped)."""
+    for char, escaped in (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"), ("\r", "\\r")):
+        value = value.replace(char, escaped)
+    return value
+
+
+def _chunk_rows(chunk: pd.DataFrame) -> Iterator[tuple[int, float, bool]]:
+    """(row_index, score, is_anomaly) of a scored chunk as Python values."""
+    return zip(
+        chunk["row_index"].to_numpy(dtype=np.int64).tolist(),
+        chunk["score"].to_numpy(dtype=np.float64).tolist(),
+        chunk["is_anomaly"].to_numpy(dtype=bool).tolist(),
+        strict=True,
+    )
+
+
+def _write_postgres(
+    conn: sa.Connection, prefix: list[str], chunks: Iterable[pd.DataFrame]
+) -> Iterator[pd.DataFrame]:
+    """Stream chunks into detection_results by COPY on the transaction's own connection: each
+    chunk goes as text and is let go (floats by repr, so exact). psycopg 3 (SQLAlchemy's
+    default driver for postgresql://) keeps one COPY open; psycopg2 runs one COPY per chunk."""
+    statement = f"COPY detection_results ({', '.join(INSERT_ORDER)}) FROM STDIN"
+    head = "\t".join(_copy_text(v) for v in prefix) + "\t"
+
+    def text(chunk: pd.DataFrame) -> str:
+        return "".join(f"{head}{i}\t{s!r}\t{'t' if a else 'f'}\n" for i, s, a in _chunk_rows(chunk))
+
     cursor = conn.connection.driver_connection.cursor()
     if hasattr(cursor, "copy_expert"):  # psycopg2
-        buf.seek(0)
-        cursor.copy_expert(statement, buf)
-    else:  # psycopg 3 (SQLAlchemy's default driver for postgresql://)
-        with cursor.copy(statement) as copy:
-            copy.write(buf.getvalue())
+        for chunk in chunks:
+            cursor.copy_expert(statement, io.StringIO(text(chunk)))
+            yield chunk
+        return
+    with cursor.copy(statement) as copy:
+        for chunk in chunks:
+            copy.write(text(chunk))
+            yield chunk
+
+
+def _write_sqlite(
+    conn: sa.Connection, key: tuple, chunks: Iterable[pd.DataFrame]
+) -> Iterator[pd.DataFrame]:
+    """Chunks into detection_results as one executemany of plain tuples each (no dicts)."""
+    marks = ", ".join("?" * len(INSERT_ORDER))
+    statement = f"INSERT INTO detection_results ({', '.join(INSERT_ORDER)}) VALUES ({marks})"
+    for chunk in chunks:
+        conn.exec_driver_sql(statement, [(*key, i, s, int(a)) for i, s, a in _chunk_rows(chunk)])
+        yield chunk
+
+
+def _bound_key(engine: sa.Engine, key: dict, scored_at: datetime) -> tuple:
+    """The constant columns as the dialect stores them (SQLAlchemy's own bind processing)."""
+    values = {**key, "scored_at": scored_at}
+    bound = []
+    for name in KEY_COLUMNS:
+        process = detection_results.c[name].type.bind_processor(engine.dialect)
+        bound.append(process(values[name]) if process else values[name])
+    return tuple(bound)
 
 
 def replace_batch(
@@ -250,14 +303,15 @@ def replace_batch(
     with engine.begin() as conn:
         for table in (detection_results, detection_batches):
             conn.execute(sa.delete(table).where(_of(table, batch_id, model_name, model_version)))
-        for chunk in chunks:
-            frame = chunk.assign(**key, scored_at=scored_at)
-            if postgres:
-                _copy_rows(conn, frame)
-            else:
-                conn.execute(sa.insert(detection_results), frame[COLUMNS].to_dict("records"))
-            written += len(frame)
-            anomalies += int(frame["is_anomaly"].astype(bool).sum())
+        if postgres:
+            prefix = [batch_id, model_name, str(int(model_version)), scored_at.isoformat()]
+            stored = _write_postgres(conn, prefix, chunks)
+        else:
+            stored = _write_sqlite(conn, _bound_key(engine, key, scored_at), chunks)
+        # Each chunk is written, counted and let go: no more than one is held at a time.
+        for chunk in stored:
+            written += len(chunk)
+            anomalies += int(chunk["is_anomaly"].astype(bool).sum())
         conn.execute(
             sa.insert(detection_batches).values(
                 **key, row_count=written, anomaly_count=anomalies, scored_at=scored_at

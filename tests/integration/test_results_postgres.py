@@ -99,3 +99,24 @@ def test_two_openers_migrate_once_on_postgres(pg_url: str, monkeypatch: pytest.M
     pd.testing.assert_frame_equal(read_rows(engines[0]), written)
     for engine in engines:
         engine.dispose()
+
+
+@pytest.mark.parametrize("driver", ["postgresql+psycopg2", "postgresql"])
+def test_copy_stores_scores_exactly_and_escapes_the_batch_key(pg_url: str, driver: str) -> None:
+    from tasks.results import read_batch
+
+    awkward = [0.1 + 0.2, 1e-300, -2.5e250, 1 / 3, 123456789.00000001, 0.0, -0.0, 5e-324]
+    frame = pd.DataFrame(
+        {"row_index": np.arange(8) * 7, "score": awkward, "is_anomaly": np.arange(8) % 2 == 0}
+    )
+    engine = results_engine(driver + pg_url[pg_url.index("://") :])
+    at = datetime(2026, 3, 4, 5, 6, 7, 891011, tzinfo=UTC)
+    batch, model = "b\t1\\n\nx", "m'x"
+    chunks = [frame.iloc[:3], frame.iloc[3:]]
+    assert replace_batch(engine, batch, chunks, model_name=model, model_version=3, scored_at=at)
+    stored = read_batch(engine, batch, model_name=model, model_version=3)
+    engine.dispose()
+    assert stored["score"].tolist() == awkward
+    assert stored["is_anomaly"].tolist() == [i % 2 == 0 for i in range(8)]
+    assert set(stored["scored_at"]) == {pd.Timestamp(at)}
+    assert set(stored["batch_id"]) == {batch} and set(stored["model_name"]) == {model}

@@ -186,3 +186,30 @@ def test_two_openers_migrate_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     pd.testing.assert_frame_equal(read_rows(engines[0]), written)
     for engine in engines:
         engine.dispose()
+
+
+# Scores whose repr is long or extreme: the stored value must be the same float.
+AWKWARD = [0.1 + 0.2, 1e-300, -2.5e250, 1 / 3, 123456789.00000001, 0.0, -0.0, 5e-324]
+
+
+def awkward_frame() -> pd.DataFrame:
+    n = len(AWKWARD)
+    return pd.DataFrame(
+        {"row_index": np.arange(n) * 7, "score": AWKWARD, "is_anomaly": np.arange(n) % 2 == 0}
+    )
+
+
+def test_rows_are_stored_exactly_as_scored_with_the_batch_key(engine: sa.Engine) -> None:
+    at = datetime(2026, 3, 4, 5, 6, 7, 891011, tzinfo=UTC)
+    written = replace_batch(
+        engine, "b\t1", [awkward_frame()], model_name="m'x", model_version=3, scored_at=at
+    )
+    assert written == len(AWKWARD)
+    stored = read_batch(engine, "b\t1", model_name="m'x", model_version=3)
+    assert stored["score"].tolist() == AWKWARD
+    assert stored["row_index"].tolist() == (np.arange(len(AWKWARD)) * 7).tolist()
+    assert stored["is_anomaly"].tolist() == [i % 2 == 0 for i in range(len(AWKWARD))]
+    # The constant columns are bound as SQLAlchemy binds them: read back, the same instant.
+    assert {pd.Timestamp(v) for v in stored["scored_at"]} == {pd.Timestamp(at)}
+    assert set(stored["batch_id"]) == {"b\t1"} and set(stored["model_name"]) == {"m'x"}
+    assert set(stored["model_version"]) == {3}
