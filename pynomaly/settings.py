@@ -6,6 +6,7 @@ import os
 import tempfile
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -13,6 +14,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from pynomaly.errors import InputError
 
 ENV_PREFIX = "PYNOMALY_"
+# Set (with PREFECT_API_URL) by a command attached to the embedded background Prefect API.
+EMBEDDED_PREFECT_URL_ENV = "PYNOMALY_PREFECT_EMBEDDED_URL"
 
 
 class Settings(BaseSettings):
@@ -37,6 +40,14 @@ class Settings(BaseSettings):
         None, description="Optuna RDB storage URL shared by tuning workers (PostgreSQL)."
     )
     chunk_rows: int = Field(50_000, gt=0, description="Rows per chunk when reading and scoring.")
+    prefect_mode: Literal["background", "ephemeral"] = Field(
+        "background",
+        description="Without PREFECT_API_URL: one Prefect API kept running under the home and "
+        "shared by commands (background), or Prefect's own per-command server (ephemeral).",
+    )
+    prefect_idle_minutes: float = Field(
+        30.0, gt=0, description="Minutes without a command before the background API stops."
+    )
 
     # Promotion gate, drift and retraining
     gate_margin: float = Field(0.02, ge=0, description="Allowed drop of AP/ROC-AUC vs champion.")
@@ -95,8 +106,9 @@ class Settings(BaseSettings):
     @property
     def prefect_server(self) -> bool:
         """Whether flows talk to a Prefect server (events reach automations), not the embedded
-        one: Prefect's own PREFECT_API_URL is set."""
-        return bool(os.environ.get("PREFECT_API_URL"))
+        one: Prefect's own PREFECT_API_URL is set, and not to the background embedded API."""
+        url = os.environ.get("PREFECT_API_URL")
+        return bool(url) and url != os.environ.get(EMBEDDED_PREFECT_URL_ENV)
 
     @property
     def artifact_store(self) -> str:

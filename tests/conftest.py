@@ -28,6 +28,9 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "120"
     os.environ["GX_ANALYTICS_ENABLED"] = "false"
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    # Commands of the suite start Prefect's per-command API, so no test home leaves a
+    # background server running; tests/integration/test_background_prefect.py covers that path.
+    os.environ["PYNOMALY_PREFECT_MODE"] = "ephemeral"
     for var in PLATFORM_VARS:
         os.environ.pop(var, None)
 

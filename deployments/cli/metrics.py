@@ -50,7 +50,7 @@ def serve(
         start_http_server(port, addr=host, registry=metrics_registry(PlatformCollector(_sources())))
         return {"url": f"http://{host}:{port}/metrics"}
 
-    result = run(work, as_json=False, debug=debug, status="Starting the exporter…")
+    result = run(work, as_json=False, debug=debug, status="Starting the exporter…", prefect=False)
     say(f"Serving {result['url']} (Ctrl+C stops)")
     try:
         threading.Event().wait()  # the server runs in a daemon thread
@@ -71,7 +71,7 @@ def show_(as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
         finally:
             collector.close()
 
-    result = run(work, as_json=as_json, debug=debug, status="Reading metrics…")
+    result = run(work, as_json=as_json, debug=debug, status="Reading metrics…", prefect=False)
     if not as_json:
         table = Table("metric", "labels", "value", title="Pynomaly metrics", title_justify="left")
         for s in result["samples"]:
@@ -97,7 +97,7 @@ def health(
 
         return health_report(_sources(), get_settings().artifact_store, max_backup_age_hours)
 
-    result = run(work, as_json=as_json, debug=debug, status="Checking health…")
+    result = run(work, as_json=as_json, debug=debug, status="Checking health…", prefect=False)
     if not as_json:
         rows = {
             name: ("ok" if c["ok"] else "FAIL") + f"  {c['detail']}"

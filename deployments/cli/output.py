@@ -15,11 +15,14 @@ import traceback
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from pynomaly.settings import Settings
 
 out = Console()
 err = Console(stderr=True)
@@ -46,11 +49,13 @@ def run(
     status: str,
     sources: tuple[str | None, ...] = (),
     checks: Callable[[], object] | None = None,
+    prefect: bool = True,
 ) -> dict:
     """Run a command body: environment first, errors as one line (exit 2 bad input, 1 other).
 
     `checks` validates the arguments before Prefect starts; with --json, whatever libraries
     print on stdout (MLflow's "View run" lines) is kept off it: stdout is the one JSON object.
+    Commands that run no flow pass `prefect=False`: they neither start nor use a Prefect API.
     """
     from pynomaly.settings import apply_runtime_environment, get_settings
 
@@ -65,6 +70,8 @@ def run(
             settings = get_settings()
             apply_runtime_environment(settings)
             _remove_leftovers(settings.staging_dir)
+            if prefect:
+                _attach_prefect(settings)
             if not debug:
                 quiet_libraries()  # again: importing MLflow resets its logger levels
             stray = sys.stderr if debug else io.StringIO()
@@ -136,6 +143,17 @@ def _remove_leftovers(staging_dir: Path) -> None:
     mark_command()  # before Prefect starts its server: the server inherits the name
     stop_orphan_servers(Path(os.environ["PREFECT_HOME"]))
     remove_dead_staging(staging_dir)
+
+
+def _attach_prefect(settings: Settings) -> None:
+    """On embedded defaults, use (or start) the Prefect API kept running under the home
+    instead of Prefect starting and stopping one per command; a set PREFECT_API_URL wins."""
+    if settings.prefect_mode != "background" or os.environ.get("PREFECT_API_URL"):
+        return
+    from deployments.local.background import attach
+
+    timeout = float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", 90))
+    attach(Path(os.environ["PREFECT_HOME"]), settings.prefect_idle_minutes, timeout)
 
 
 def _check_local_file(source: str | None) -> None:

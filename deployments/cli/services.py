@@ -30,6 +30,16 @@ def _layout(folder: Path | None):
     return Layout(folder or Settings().home_dir / "services")
 
 
+def _prefect_home() -> Path:
+    """The Prefect home commands use (PREFECT_HOME, else $PYNOMALY_HOME/prefect)."""
+    import os
+
+    from pynomaly.settings import Settings
+
+    configured = os.environ.get("PREFECT_HOME")
+    return Path(configured).expanduser() if configured else Settings().prefect_home
+
+
 def _fail(message: str, code: int) -> typer.Exit:
     err.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
     return typer.Exit(code)
@@ -89,10 +99,13 @@ def status(folder: DirOption = None, as_json: JsonOption = False) -> None:
 
 @services_app.command()
 def down(folder: DirOption = None, as_json: JsonOption = False) -> None:
-    """Stop the services and supervisord (`supervisorctl shutdown`); check nothing remains."""
-    from deployments.local import stack
+    """Stop the services and supervisord (`supervisorctl shutdown`), and the embedded Prefect
+    API kept running in the background; check nothing remains."""
+    from deployments.local import background, stack
 
     result = stack.down(_layout(folder))
+    if background.stop(_prefect_home()) is not None:
+        result["stopped"].append("prefect-embedded")
     if as_json:
         say(json.dumps(result))
     elif not result["stopped"] and not result["remaining"]:

@@ -32,6 +32,7 @@ def command_env(home: Path, tmp: Path | None = None) -> dict[str, str]:
     """This environment on embedded defaults: no Prefect settings of the test session."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "PYNOMALY_"))}
     env["PYNOMALY_HOME"] = str(home)
+    env["PYNOMALY_PREFECT_MODE"] = "ephemeral"  # the per-command server these kills are about
     if tmp is not None:
         tmp.mkdir(parents=True, exist_ok=True)
         env["TMPDIR"] = str(tmp)  # so a staging copy in the temp folder is found here too
