@@ -21,8 +21,10 @@ def pipeline(
     time_budget_s: float = 60.0,
     batch_id: str | None = None,
     random_state: int = 0,
+    dask: str | None = None,
 ) -> dict[str, Any]:
-    """Ingest, validate, train, register, then score `score_source` (or the source itself)."""
+    """Ingest, validate, train, register, then score `score_source` (or the source itself);
+    `dask` (a scheduler address or 'local') runs AutoML's trials and the scoring on Dask."""
     from tasks.results import check_batch_id
     from tasks.train import check_contamination
 
@@ -42,10 +44,11 @@ def pipeline(
         contamination=contamination,
         time_budget_s=time_budget_s,
         random_state=random_state,
+        dask=dask,
     )
 
     # Score with the version just registered, whatever its alias
     scored = score_batch(
-        score_source or source, model, version=trained["version"], batch_id=batch_id
+        score_source or source, model, version=trained["version"], batch_id=batch_id, dask=dask
     )
     return {**trained, **{k: scored[k] for k in ("batch_id", "rows_scored", "anomalies")}}

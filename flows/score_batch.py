@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from prefect import flow
@@ -10,14 +11,36 @@ from prefect.artifacts import create_markdown_artifact
 from pynomaly.settings import get_settings
 from tasks.steps import (
     check_batch_schema,
+    dask_task_runner,
     load_model_scorer,
     load_source,
     record_batch_snapshot,
     resolve_model,
     score_into_results,
+    score_partition,
     validate_batch,
 )
 from tasks.store import ArtifactStore
+
+
+def check_scaleout(dask: str | None, partition_rows: int) -> int:
+    """Worker threads to plan for: of the scheduler at `dask` (which must answer), of a local
+    cluster (one per core), or 1 without Dask."""
+    import os
+
+    from tasks.scaleout import check_dask, check_reachable, partitions
+
+    partitions(0, partition_rows)  # refuses a partition size below 1
+    if check_dask(dask) is None:
+        return 1
+    return (os.cpu_count() or 1) if dask == "local" else check_reachable(dask)
+
+
+def absolute(uri: str) -> str:
+    """An s3:// URI as it is, a local path made absolute (Dask workers may run elsewhere)."""
+    from pathlib import Path
+
+    return uri if uri.startswith("s3://") else str(Path(uri).resolve())
 
 
 def load_batch(source: str, model: str, query: str | None = None, delimiter: str = ",") -> Any:
@@ -25,6 +48,47 @@ def load_batch(source: str, model: str, query: str | None = None, delimiter: str
     settings = get_settings()
     store = ArtifactStore(settings.artifact_store, settings.s3_endpoint_url)
     return load_source(source, f"{model}-batches", store, query, delimiter, settings.chunk_rows)
+
+
+@flow(name="score-partitions", log_prints=True)
+def score_partitions(
+    manifest: Any,
+    resolved: Any,
+    columns: list[str],
+    batch: str,
+    partition_rows: int,
+    window: int,
+) -> dict[str, Any]:
+    """Score a batch's partitions in parallel on this flow's task runner (Dask) and write their
+    scores, in row order as they complete, into the results DB in one transaction."""
+    from tasks.scaleout import in_order, partitions, store_scores
+
+    settings = get_settings()
+    by_worker: dict[str, int] = {}
+
+    def submit(part: tuple[int, int]) -> Any:
+        start, stop = part
+        return score_partition.submit(
+            manifest,
+            settings.s3_endpoint_url,
+            resolved.uri,
+            settings.mlflow_tracking_uri,
+            resolved.version,
+            dict(resolved.tags),
+            columns,
+            start,
+            stop,
+            settings.chunk_rows,
+        )
+
+    def scored() -> Any:
+        for frame, worker in in_order(submit, parts, window):
+            by_worker[worker] = by_worker.get(worker, 0) + len(frame)
+            yield frame
+
+    parts = partitions(manifest.rows, partition_rows)
+    result = store_scores(settings.results_url, batch, scored(), resolved)
+    return {**result, "partitions": len(parts), "rows_by_worker": by_worker}
 
 
 @flow(name="score-batch", log_prints=True)
@@ -36,14 +100,21 @@ def score_batch(
     batch_id: str | None = None,
     query: str | None = None,
     delimiter: str = ",",
+    dask: str | None = None,
+    partition_rows: int = 500_000,
 ) -> dict[str, Any]:
-    """Score a batch with models:/MODEL@ALIAS (champion by default) or a version; idempotent."""
+    """Score a batch with models:/MODEL@ALIAS (champion by default) or a version; idempotent.
+
+    `dask`: a scheduler address (tcp://HOST:PORT) or 'local' (a LocalCluster) scores the batch
+    in partitions of `partition_rows` rows in parallel on Dask workers.
+    """
     from registry.versions import check_model_ref
     from tasks.results import check_batch_id
 
     # Checks of the arguments, before anything is read or written
     name, ref_alias = check_model_ref(model, alias, version)
     check_batch_id(batch_id)
+    threads = check_scaleout(dask, partition_rows)
     settings = get_settings()
     settings.export_client_environment()
     store = ArtifactStore(settings.artifact_store, settings.s3_endpoint_url)
@@ -66,9 +137,29 @@ def score_batch(
 
     # Score: delete + insert of the batch in one transaction
     batch = batch_id or manifest.sha256[:16]
-    result = score_into_results(
-        store, manifest, resolved, scorer, columns, settings.results_url, batch, settings.chunk_rows
-    )
+    if dask is None:
+        result = score_into_results(
+            store,
+            manifest,
+            resolved,
+            scorer,
+            columns,
+            settings.results_url,
+            batch,
+            settings.chunk_rows,
+        )
+    else:
+        # Workers read the snapshot by its path (same machine) or from S3
+        shared = replace(manifest, snapshot_uri=absolute(manifest.snapshot_uri))
+        runner = dask_task_runner(dask, threads)
+        result = score_partitions.with_options(task_runner=runner)(
+            shared, resolved, columns, batch, partition_rows, window=2 * threads
+        )
+        result["dask"] = {
+            "scheduler": dask,
+            "partitions": result.pop("partitions"),
+            "rows_by_worker": result.pop("rows_by_worker"),
+        }
     # Feedback on these rows is joined back to their features through the batch's snapshot
     record_batch_snapshot(settings.results_url, manifest, result)
     create_markdown_artifact(

@@ -18,6 +18,24 @@ from tasks.steps import (
 from tasks.store import ArtifactStore
 
 
+def check_trial_workers(dask: str | None) -> str | None:
+    """The Optuna storage AutoML's workers share, after checking `dask` answers: the configured
+    one, or (with Dask and no server storage) a journal file on this machine."""
+    from tasks.scaleout import check_dask, check_reachable
+
+    settings = get_settings()
+    storage = settings.optuna_storage
+    if check_dask(dask) is None:
+        return storage
+    if dask != "local":
+        check_reachable(dask)
+    if storage is None or storage.startswith("sqlite"):
+        folder = (settings.home_dir / "optuna").resolve()
+        folder.mkdir(parents=True, exist_ok=True)
+        storage = str(folder / "trials.journal")
+    return storage
+
+
 @flow(name="train-detector", log_prints=True)
 def train_detector(
     source: str,
@@ -32,8 +50,13 @@ def train_detector(
     n_trials: int | None = None,
     n_workers: int = 1,
     random_state: int = 0,
+    dask: str | None = None,
 ) -> dict[str, Any]:
-    """Train a detector on a source and register it: champion if first, challenger otherwise."""
+    """Train a detector on a source and register it: champion if first, challenger otherwise.
+
+    `dask` (a scheduler address or 'local'): AutoML's trials run on Dask workers sharing one
+    Optuna study (PYNOMALY_OPTUNA_STORAGE, or a journal file under the home folder).
+    """
     import mlflow
 
     from registry.promotion import abandon_train, repair_model
@@ -45,6 +68,7 @@ def train_detector(
 
     check_contamination(contamination)
     check_detector(detector)
+    optuna_storage = check_trial_workers(dask)
     settings = get_settings()
     settings.export_client_environment()
     store = ArtifactStore(settings.artifact_store, settings.s3_endpoint_url)
@@ -82,7 +106,8 @@ def train_detector(
             time_budget_s=time_budget_s,
             n_trials=n_trials,
             n_workers=n_workers,
-            optuna_storage=settings.optuna_storage,
+            dask=dask,
+            optuna_storage=optuna_storage,
             trial_callback=trial_logger(uri, experiment_id, run_id) if detector == "auto" else None,
         )
 

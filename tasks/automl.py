@@ -15,8 +15,11 @@ Three paths, by what the user has (measured under leave-one-dataset-out: benchma
   (semi-supervised: the known anomalies are kept out of what "normal" is learned from).
 
 Parallel search: `n_workers > 1` starts that many spawned processes, each running
-`study.optimize` on one shared RDB study (PostgreSQL or MySQL). SQLite or no storage with
-`n_workers > 1` raises InputError: SQLite locks under concurrent writers.
+`study.optimize` on one shared RDB study (PostgreSQL or MySQL). With `dask` (a scheduler address
+or 'local') the same loops run as tasks on Dask workers (one per worker thread unless
+`n_workers > 1`), sharing an RDB study or Optuna's journal file (a storage that is a file path,
+for workers on one machine). SQLite or no storage with parallel workers raises InputError:
+SQLite locks under concurrent writers.
 """
 
 from __future__ import annotations
@@ -370,6 +373,24 @@ def _optimize(
         )
 
 
+def is_journal(storage: str | None) -> bool:
+    """A storage given as a file path (no URL scheme): Optuna's journal file."""
+    return storage is not None and "://" not in storage
+
+
+def open_storage(storage: str | None) -> Any:
+    """The Optuna storage of a URL (RDB) or a file path (journal file); None: in memory."""
+    import optuna
+
+    if storage is None:
+        return None
+    if is_journal(storage):
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(storage))
+    return optuna.storages.RDBStorage(storage)
+
+
 def _worker(
     study_name: str,
     storage: str,
@@ -377,15 +398,19 @@ def _worker(
     n_trials: int | None,
     worker_index: int,
 ) -> None:
-    """One spawned process: load the shared study and run trials on it."""
+    """One spawned process or Dask task: load the shared study and run trials on it."""
     import optuna
+
+    from tasks.scaleout import worker_name
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     settings = replace(settings, worker=worker_index)
     sampler = _make_sampler(settings.random_state + worker_index, parallel=True)
     study = optuna.load_study(
-        study_name=study_name, storage=storage, sampler=sampler, pruner=_pruner()
+        study_name=study_name, storage=open_storage(storage), sampler=sampler, pruner=_pruner()
     )
+    if worker_name():  # on Dask: which worker ran this loop, for the record
+        study.set_user_attr(f"dask_worker_{worker_index}", worker_name())
     # The deadline is wall-clock time shared by all processes, so spawn start-up counts too.
     _optimize(study, settings, n_trials, settings.deadline - time.time(), [])
 
@@ -405,6 +430,33 @@ def _run_workers(
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(n_workers, mp_context=context) as pool:
         list(pool.map(partial(_worker, study_name, storage, settings, n_trials), range(n_workers)))
+
+
+def _run_dask_workers(
+    study_name: str,
+    storage: str,
+    settings: SearchSettings,
+    n_trials: int | None,
+    n_workers: int,
+    dask: str,
+) -> None:
+    """Run the trial loops as tasks on Dask workers (a new LocalCluster for 'local') and wait."""
+    import contextlib
+    from functools import partial
+
+    from distributed import Client, LocalCluster
+
+    from tasks.scaleout import LOCAL, local_cluster_kwargs
+
+    with contextlib.ExitStack() as stack:
+        target: Any = dask
+        if dask == LOCAL:
+            kwargs = local_cluster_kwargs(n_workers if n_workers > 1 else None)
+            target = stack.enter_context(LocalCluster(**kwargs))
+        client = stack.enter_context(Client(target, set_as_default=False))
+        loops = n_workers if n_workers > 1 else sum(client.nthreads().values())
+        run = partial(_worker, study_name, storage, settings, n_trials)
+        client.gather(client.map(run, range(loops), pure=False))
 
 
 def trial_info(trial: Any) -> dict[str, Any]:
@@ -436,6 +488,7 @@ def _search(
     random_state: int,
     storage: str | None,
     n_workers: int,
+    dask: str | None,
     metric: str,
     study_name: str,
     trial_callback: Callable[[dict[str, Any]], None] | None,
@@ -454,12 +507,12 @@ def _search(
     )
     # The storage and the study are created once here, before any worker starts, because two
     # processes creating the schema at the same time crash.
-    rdb = None if storage is None else optuna.storages.RDBStorage(storage)
+    parallel = n_workers > 1 or dask is not None
     study = optuna.create_study(
         study_name=study_name,
-        storage=rdb,
+        storage=open_storage(storage),
         direction="maximize",
-        sampler=_make_sampler(random_state, parallel=n_workers > 1),
+        sampler=_make_sampler(random_state, parallel=parallel),
         pruner=_pruner(),
         load_if_exists=True,
     )
@@ -467,13 +520,16 @@ def _search(
         for kind in LABELLED_KINDS:
             study.enqueue_trial({"kind": kind, **CLASSIFIER_DEFAULTS}, skip_if_exists=True)
     remaining = settings.deadline - time.time()
-    if n_workers == 1:
+    if not parallel:
         callbacks = []
         if trial_callback is not None:
             callbacks.append(lambda _study, trial: trial_callback(trial_info(trial)))
         _optimize(study, settings, n_trials, remaining, callbacks)
     else:
-        _run_workers(study_name, storage, settings, n_trials, n_workers)
+        if dask is None:
+            _run_workers(study_name, storage, settings, n_trials, n_workers)
+        else:
+            _run_dask_workers(study_name, storage, settings, n_trials, n_workers, dask)
         if trial_callback is not None:
             for trial in study.get_trials(deepcopy=False):
                 trial_callback(trial_info(trial))
@@ -506,6 +562,7 @@ def _check_inputs(
     storage: str | None,
     time_budget_s: float,
     n_trials: int | None,
+    dask: str | None = None,
 ) -> np.ndarray | None:
     """Validate the arguments; return y as a 0/1 array or None."""
     if not time_budget_s > 0:
@@ -518,10 +575,11 @@ def _check_inputs(
         raise InputError(f"metric must be one of {METRICS}, got {metric!r}")
     if n_workers < 1:
         raise InputError(f"n_workers must be at least 1, got {n_workers}")
-    if n_workers > 1 and (storage is None or storage.startswith("sqlite")):
+    if (n_workers > 1 or dask is not None) and (storage is None or storage.startswith("sqlite")):
         raise InputError(
-            "n_workers > 1 needs a shared PostgreSQL or MySQL storage URL "
-            "(SQLite locks under parallel writers); pass storage=postgresql+psycopg2://..."
+            f"{'--dask' if dask is not None else 'n_workers > 1'} needs a shared PostgreSQL or "
+            "MySQL storage URL (SQLite locks under parallel writers); pass "
+            "storage=postgresql+psycopg2://... (or a journal file path for workers on one machine)"
         )
     if y is None:
         return None
@@ -558,6 +616,7 @@ def fit_best_detector(
     random_state: int = 0,
     storage: str | None = None,
     n_workers: int = 1,
+    dask: str | None = None,
     metric: str = "average_precision",
     contamination: float | None = None,
     study_name: str | None = None,
@@ -575,7 +634,7 @@ def fit_best_detector(
     # Failed trials are on the leaderboard (state FAIL); their tracebacks would flood the log.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     frame = _as_frame(X).reset_index(drop=True)
-    labels = _check_inputs(frame, y, metric, n_workers, storage, time_budget_s, n_trials)
+    labels = _check_inputs(frame, y, metric, n_workers, storage, time_budget_s, n_trials, dask)
     if contamination is None:
         contamination = (
             DEFAULT_CONTAMINATION if labels is None else float(np.clip(labels.mean(), 0.001, 0.49))
@@ -600,6 +659,7 @@ def fit_best_detector(
             random_state=random_state,
             storage=storage,
             n_workers=n_workers,
+            dask=dask,
             metric=metric,
             study_name=study_name,
             trial_callback=trial_callback,

@@ -13,7 +13,7 @@ from prefect.cache_policies import NO_CACHE
 
 from data_checks.suite import ValidationReport
 from pynomaly.errors import InputError
-from tasks import backup, drift, evaluate, window
+from tasks import backup, drift, evaluate, scaleout, window
 from tasks.ingest import (
     Manifest,
     check_source,
@@ -270,3 +270,20 @@ def load_feedback_labels(results_url: str, store: ArtifactStore, model: str) -> 
 create_backup = plain_task(backup.create_backup)
 prune_backups = plain_task(backup.prune_backups, retries=2, retry_delay_seconds=5)
 drill_restore = plain_task(backup.drill_restore)
+
+
+# Scale-out on Dask: a partition of a batch scored on a worker
+score_partition = plain_task(scaleout.score_partition)
+
+
+def dask_task_runner(dask: str, n_workers: int | None = None) -> Any:
+    """prefect-dask's DaskTaskRunner on the scheduler at `dask`, or on a new LocalCluster of
+    one-thread worker processes for 'local'."""
+    from prefect_dask import DaskTaskRunner
+
+    if dask == scaleout.LOCAL:
+        return DaskTaskRunner(
+            cluster_class="distributed.LocalCluster",
+            cluster_kwargs=scaleout.local_cluster_kwargs(n_workers),
+        )
+    return DaskTaskRunner(address=dask)

@@ -169,6 +169,7 @@ def train_detector(
     time_budget_s: float = 60.0,
     n_trials: int | None = None,
     n_workers: int = 1,
+    dask: str | None = None,
     optuna_storage: str | None = None,
     trial_callback: Any = None,
     where: str = "dataset",
@@ -200,6 +201,7 @@ def train_detector(
             random_state=random_state,
             storage=optuna_storage,
             n_workers=n_workers,
+            dask=dask,
             contamination=contamination,
             trial_callback=trial_callback,
         )

@@ -28,6 +28,14 @@ ContaminationOpt = Annotated[
 BudgetOpt = Annotated[float, typer.Option("--time-budget", help="AutoML seconds.")]
 TrialsOpt = Annotated[int | None, typer.Option("--trials", help="AutoML trial cap.")]
 WorkersOpt = Annotated[int, typer.Option("--workers", help="AutoML parallel workers.")]
+DaskOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--dask",
+        metavar="ADDRESS|local",
+        help="Run on Dask: a scheduler address (tcp://HOST:PORT) or 'local' (a LocalCluster).",
+    ),
+]
 BatchOpt = Annotated[
     str | None, typer.Option("--batch-id", help="Default: the batch's content hash.")
 ]

@@ -12,6 +12,7 @@ from deployments.cli.options import (
     BatchOpt,
     BudgetOpt,
     ContaminationOpt,
+    DaskOpt,
     DebugOpt,
     DelimOpt,
     DetectorOpt,
@@ -24,11 +25,15 @@ from deployments.cli.options import (
 from deployments.cli.output import run, say, show
 
 
-def check_train_options(detector: str, contamination: float | None, delimiter: str = ",") -> None:
+def check_train_options(
+    detector: str, contamination: float | None, delimiter: str = ",", dask: str | None = None
+) -> None:
     """Option values of train and pipeline, checked before Prefect starts."""
     from tasks.ingest import check_delimiter
+    from tasks.scaleout import check_dask
     from tasks.train import check_contamination, check_detector
 
+    check_dask(dask)
     check_detector(detector)
     check_contamination(contamination)
     check_delimiter(delimiter)
@@ -113,6 +118,7 @@ def train(
     dataset: Annotated[str | None, typer.Option("--dataset")] = None,
     query: QueryOpt = None,
     delimiter: DelimOpt = ",",
+    dask: DaskOpt = None,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -133,6 +139,7 @@ def train(
             time_budget_s=time_budget,
             n_trials=trials,
             n_workers=workers,
+            dask=dask,
         )
 
     result = run(
@@ -141,7 +148,7 @@ def train(
         debug=debug,
         status="Training…",
         sources=(source,),
-        checks=lambda: check_train_options(detector, contamination, delimiter),
+        checks=lambda: check_train_options(detector, contamination, delimiter, dask),
     )
     if not as_json:
         show(f"Trained {model}", model_rows(result))
@@ -154,6 +161,7 @@ def score(
     batch_id: BatchOpt = None,
     query: QueryOpt = None,
     delimiter: DelimOpt = ",",
+    dask: DaskOpt = None,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -164,14 +172,22 @@ def score(
         from flows.score_batch import score_batch
 
         return score_batch(
-            source, model, version=version, batch_id=batch_id, query=query, delimiter=delimiter
+            source,
+            model,
+            version=version,
+            batch_id=batch_id,
+            query=query,
+            delimiter=delimiter,
+            dask=dask,
         )
 
     def checks() -> None:
         from registry.versions import check_model_ref
         from tasks.ingest import check_delimiter
         from tasks.results import check_batch_id
+        from tasks.scaleout import check_dask
 
+        check_dask(dask)
         check_model_ref(model, None, version)
         check_batch_id(batch_id)
         check_delimiter(delimiter)
@@ -201,6 +217,7 @@ def pipeline(
     contamination: ContaminationOpt = None,
     time_budget: BudgetOpt = 60.0,
     batch_id: BatchOpt = None,
+    dask: DaskOpt = None,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -218,12 +235,13 @@ def pipeline(
             contamination=contamination,
             time_budget_s=time_budget,
             batch_id=batch_id,
+            dask=dask,
         )
 
     def checks() -> None:
         from tasks.results import check_batch_id
 
-        check_train_options(detector, contamination)
+        check_train_options(detector, contamination, dask=dask)
         check_batch_id(batch_id)
 
     result = run(
