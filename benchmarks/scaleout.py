@@ -1,0 +1,180 @@
+"""Scale-out on Dask: scoring one batch with 1 vs 2 Dask workers, side by side in one run.
+
+For each worker count, a `distributed.LocalCluster` of that many worker processes with one
+thread each; on it, the same N x 20 Parquet batch (4M rows by default) is scored
+
+- end to end: the score flow with `dask=<the cluster's address>` (ingest + validation of the
+  batch, partitioned scoring on the workers, one results-DB transaction in this process);
+- scoring phase: the flow's partition task body (tasks.scaleout.score_partition: read its row
+  range, score it) mapped over the same partitions with the Dask client, without Prefect or the
+  results DB: what the workers themselves do.
+
+Also the flow without Dask (one process) as the reference. Printed: seconds and rows/s of each,
+and the ratio of 2 workers to 1 against the issue's target (>= 1.7x on 4M rows). The model is an
+IForest trained through the train flow on 2,000 rows, in a throwaway embedded home (SQLite).
+Only meaningful on an otherwise idle machine with at least as many cores as workers.
+
+Run: `python benchmarks/scaleout.py [--rows 4000000] [--workers 1,2] [--partition-rows 500000]
+[--workdir DIR] [--json]`. A small smoke run: `--rows 40000 --partition-rows 5000`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+COLUMNS = [f"f{i:02d}" for i in range(20)]
+ROW_GROUP = 250_000
+MODEL = "bench-scaleout"
+TARGET = 1.7
+
+
+def write_batch(path: Path, rows: int, seed: int) -> Path:
+    """N x 20 standard-normal floats as Parquet, one row group at a time."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(seed)
+    schema = pa.schema([(c, pa.float64()) for c in COLUMNS])
+    with pq.ParquetWriter(path, schema) as writer:
+        for start in range(0, rows, ROW_GROUP):
+            n = min(ROW_GROUP, rows - start)
+            frame = pd.DataFrame(rng.normal(size=(n, len(COLUMNS))), columns=COLUMNS)
+            writer.write_table(pa.Table.from_pandas(frame, schema=schema, preserve_index=False))
+    return path
+
+
+def scoring_phase(address: str, manifest: Any, partition_rows: int) -> tuple[float, int]:
+    """Seconds and rows of the partition task bodies mapped over the cluster (no Prefect)."""
+    from distributed import Client
+
+    from flows.score_batch import absolute
+    from pynomaly.settings import get_settings
+    from registry.versions import client as mlflow_client
+    from registry.versions import resolve_version
+    from tasks.scaleout import partitions, score_partition
+
+    settings = get_settings()
+    resolved = resolve_version(mlflow_client(settings.mlflow_tracking_uri), MODEL, None, 1)
+    manifest = replace(manifest, snapshot_uri=absolute(manifest.snapshot_uri))
+    parts = partitions(manifest.rows, partition_rows)
+    with Client(address, set_as_default=False) as client:
+        started = time.perf_counter()
+        futures = [
+            client.submit(
+                score_partition,
+                manifest,
+                settings.s3_endpoint_url,
+                resolved.uri,
+                settings.mlflow_tracking_uri,
+                resolved.version,
+                dict(resolved.tags),
+                COLUMNS,
+                start,
+                stop,
+                settings.chunk_rows,
+                pure=False,
+            )
+            for start, stop in parts
+        ]
+        rows = sum(len(frame) for frame, _ in client.gather(futures))
+        return time.perf_counter() - started, rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=4_000_000)
+    parser.add_argument("--workers", default="1,2", help="Worker counts, comma-separated.")
+    parser.add_argument("--partition-rows", type=int, default=500_000)
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--json", action="store_true", help="Print the figures as JSON.")
+    args = parser.parse_args()
+    counts = [int(w) for w in args.workers.split(",")]
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="pynomaly-bench-scaleout-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    os.environ["PYNOMALY_HOME"] = str(workdir / "home")
+    for var in ("PYNOMALY_TRACKING_URI", "PYNOMALY_ARTIFACT_ROOT", "PYNOMALY_RESULTS_DB_URL"):
+        os.environ.pop(var, None)
+    from distributed import LocalCluster
+
+    from flows.score_batch import load_batch, score_batch
+    from flows.train_detector import train_detector
+    from tasks.scaleout import local_cluster_kwargs
+
+    rng = np.random.default_rng(0)
+    train = workdir / "train.csv"
+    pd.DataFrame(rng.normal(size=(2000, len(COLUMNS))), columns=COLUMNS).to_csv(train, index=False)
+    batch = write_batch(workdir / "batch.parquet", args.rows, seed=1)
+    train_detector(str(train), MODEL, detector="iforest")
+
+    figures: dict[str, dict[str, float]] = {}
+    started = time.perf_counter()
+    result = score_batch(str(batch), MODEL, batch_id="one-process")
+    figures["one process (no Dask)"] = {"end_to_end_s": time.perf_counter() - started}
+    assert result["rows_stored"] == args.rows, result
+    manifest = load_batch(str(batch), MODEL)  # the stored snapshot (already there: same hash)
+    for n in counts:
+        with LocalCluster(**local_cluster_kwargs(n)) as cluster:
+            address = cluster.scheduler_address
+            started = time.perf_counter()
+            scored = score_batch(
+                str(batch),
+                MODEL,
+                batch_id=f"dask-{n}",
+                dask=address,
+                partition_rows=args.partition_rows,
+            )
+            end_to_end = time.perf_counter() - started
+            assert scored["rows_stored"] == args.rows, scored
+            phase, rows = scoring_phase(address, manifest, args.partition_rows)
+            assert rows == args.rows
+        figures[f"{n} Dask worker(s)"] = {"end_to_end_s": end_to_end, "scoring_phase_s": phase}
+
+    for f in figures.values():
+        for key in list(f):
+            f[key.replace("_s", "_rows_per_s")] = args.rows / f[key]
+    ratios = {}
+    if 1 in counts and 2 in counts:
+        one, two = figures["1 Dask worker(s)"], figures["2 Dask worker(s)"]
+        for key in ("end_to_end_rows_per_s", "scoring_phase_rows_per_s"):
+            ratios[key.removesuffix("_rows_per_s")] = two[key] / one[key]
+    report = {
+        "rows": args.rows,
+        "partition_rows": args.partition_rows,
+        "cpus": os.cpu_count(),
+        "figures": figures,
+        "ratio_2_vs_1": ratios,
+        "target": TARGET,
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    print(f"\nScoring {args.rows:,} x {len(COLUMNS)} rows, partitions of {args.partition_rows:,}")
+    print(f"({os.cpu_count()} CPUs; LocalCluster worker processes with one thread each)\n")
+    print(f"{'':24} {'end to end':>22} {'scoring phase':>22}")
+    for name, f in figures.items():
+        cells = [
+            f"{f[k + '_s']:7.1f} s {f[k + '_rows_per_s']:9,.0f}/s" if k + "_s" in f else ""
+            for k in ("end_to_end", "scoring_phase")
+        ]
+        print(f"{name:24} {cells[0]:>22} {cells[1]:>22}")
+    for key, ratio in ratios.items():
+        verdict = "meets" if ratio >= TARGET else "misses"
+        print(f"2 vs 1 workers, {key.replace('_', ' ')}: {ratio:.2f}x ({verdict} >= {TARGET}x)")
+
+
+if __name__ == "__main__":
+    main()
