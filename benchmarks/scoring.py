@@ -1,0 +1,336 @@
+"""`pynomaly score` of N x 20 Parquet batches against raw predict plus a raw write of the same rows.
+
+For each size (1M, 4M, 16M rows by default) and each results DB (SQLite, then PostgreSQL 15 in a
+throwaway cluster started as the integration tests start theirs):
+
+- `pynomaly score BATCH --model bench --json` as a subprocess: wall time, and peak RSS of the
+  command's own process and of its process tree (psutil, sampled every 50 ms);
+- raw: the same registered model loaded once with `mlflow.pyfunc.load_model`, `predict` over the
+  same file read in row groups, and a raw write of the same rows into a table with the same
+  columns, key and indexes (SQLite: executemany of tuples in one transaction; PostgreSQL: one
+  COPY) -- predict and write timed apart;
+- on PostgreSQL the write part alone: `replace_batch` (what scoring writes through) against the
+  raw COPY, both fed the same stored scores.
+
+Printed side by side with the issue's targets: score <= 2x (raw predict + raw write) at the
+smallest size, write part <= 1.5x raw COPY, peak RSS at the largest size <= 1.2x the smallest
+and < 1.5 GB. Batches are generated row group by row group, never whole in memory.
+
+Run: `python benchmarks/scoring.py [--rows 1000000,4000000,16000000] [--backends sqlite,postgres]
+[--workdir DIR] [--json]`. A small smoke run: `--rows 20000,80000`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+COLUMNS = [f"f{i:02d}" for i in range(20)]
+ROW_GROUP = 250_000
+MODEL = "bench"
+GB = 1024**3
+
+
+def write_batch(path: Path, rows: int, seed: int) -> Path:
+    """N x 20 standard-normal floats as Parquet, one row group at a time."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if path.exists():
+        return path
+    rng = np.random.default_rng(seed)
+    schema = pa.schema([(c, pa.float64()) for c in COLUMNS])
+    with pq.ParquetWriter(path, schema) as writer:
+        for start in range(0, rows, ROW_GROUP):
+            n = min(ROW_GROUP, rows - start)
+            data = rng.normal(size=(n, len(COLUMNS)))
+            writer.write_table(pa.table({c: data[:, i] for i, c in enumerate(COLUMNS)}, schema))
+    return path
+
+
+def row_groups(path: Path) -> Iterator[pd.DataFrame]:
+    import pyarrow.parquet as pq
+
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=ROW_GROUP):
+        yield batch.to_pandas()
+
+
+def run_tree(command: list[str], env: dict[str, str]) -> dict[str, float]:
+    """Wall time and peak RSS (the process; the process and its children) of a command."""
+    import psutil
+
+    started = time.perf_counter()
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    root = psutil.Process(proc.pid)
+    peak_own = peak_tree = 0
+    while proc.poll() is None:
+        try:
+            own = root.memory_info().rss
+            tree = own + sum(c.memory_info().rss for c in root.children(recursive=True))
+        except psutil.Error:
+            continue  # a child ended between listing and reading: sample again
+        peak_own, peak_tree = max(peak_own, own), max(peak_tree, tree)
+        time.sleep(0.05)
+    out, err = proc.communicate()
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} exited {proc.returncode}:\n{err.decode()[-2000:]}")
+    return {
+        "wall_s": wall,
+        "peak_rss_gb": peak_own / GB,
+        "peak_tree_rss_gb": peak_tree / GB,
+        "result": json.loads(out.decode().strip().splitlines()[-1]),
+    }
+
+
+def raw_table_sql(postgres: bool) -> list[str]:
+    """A table like detection_results: same columns, key and the two secondary indexes."""
+    real = "double precision" if postgres else "REAL"
+    stamp = "timestamptz" if postgres else "DATETIME"
+    return [
+        "DROP TABLE IF EXISTS raw_results",
+        f"CREATE TABLE raw_results (batch_id varchar(128) NOT NULL, row_index bigint NOT NULL, "
+        f"score {real} NOT NULL, is_anomaly boolean NOT NULL, model_name varchar(200) NOT NULL, "
+        f"model_version integer NOT NULL, scored_at {stamp} NOT NULL, "
+        "PRIMARY KEY (batch_id, model_name, model_version, row_index))",
+        "CREATE INDEX ix_raw_results_model ON raw_results (model_name, model_version)",
+        "CREATE INDEX ix_raw_results_scored_at ON raw_results (scored_at)",
+    ]
+
+
+def raw_predict(model: object, batch: Path, scores: Path) -> float:
+    """Seconds of pyfunc predict over the batch in row groups; scores kept in a Parquet file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    elapsed = 0.0
+    offset = 0
+    with pq.ParquetWriter(
+        scores,
+        pa.schema({"row_index": pa.int64(), "score": pa.float64(), "is_anomaly": pa.bool_()}),
+    ) as writer:
+        for frame in row_groups(batch):
+            started = time.perf_counter()
+            out = model.predict(frame)
+            elapsed += time.perf_counter() - started
+            idx = np.arange(offset, offset + len(frame), dtype=np.int64)
+            offset += len(frame)
+            writer.write_table(
+                pa.table(
+                    {
+                        "row_index": idx,
+                        "score": out["score"].to_numpy(),
+                        "is_anomaly": out["is_anomaly"].to_numpy(dtype=bool),
+                    }
+                )
+            )
+    return elapsed
+
+
+def raw_write(url: str, scores: Path) -> float:
+    """Seconds of a raw write of the scored rows: one transaction, no frames of constants."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    postgres = engine.dialect.name == "postgresql"
+    with engine.begin() as conn:
+        for statement in raw_table_sql(postgres):
+            conn.exec_driver_sql(statement)
+    at = datetime.now(UTC)
+    started = time.perf_counter()
+    with engine.begin() as conn:
+        cursor = conn.connection.driver_connection.cursor()
+        if postgres:
+            head = f"raw\t{MODEL}\t1\t{at.isoformat()}\t"
+            statement = (
+                "COPY raw_results (batch_id, model_name, model_version, scored_at, row_index, "
+                "score, is_anomaly) FROM STDIN"
+            )
+            with cursor.copy(statement) as copy:
+                for chunk in row_groups(scores):
+                    copy.write(
+                        "".join(
+                            f"{head}{i}\t{s!r}\t{'t' if a else 'f'}\n"
+                            for i, s, a in zip(
+                                chunk["row_index"].tolist(),
+                                chunk["score"].tolist(),
+                                chunk["is_anomaly"].tolist(),
+                                strict=True,
+                            )
+                        )
+                    )
+        else:
+            stamp = at.strftime("%Y-%m-%d %H:%M:%S.%f")
+            for chunk in row_groups(scores):
+                cursor.executemany(
+                    "INSERT INTO raw_results VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        ("raw", i, s, int(a), MODEL, 1, stamp)
+                        for i, s, a in zip(
+                            chunk["row_index"].tolist(),
+                            chunk["score"].tolist(),
+                            chunk["is_anomaly"].tolist(),
+                            strict=True,
+                        )
+                    ],
+                )
+    elapsed = time.perf_counter() - started
+    engine.dispose()
+    return elapsed
+
+
+def platform_write(url: str, scores: Path) -> float:
+    """Seconds of replace_batch (scoring's writer) over the same stored scores."""
+    from tasks.results import replace_batch, results_engine
+
+    engine = results_engine(url)
+    started = time.perf_counter()
+    replace_batch(
+        engine,
+        "write-only",
+        row_groups(scores),
+        model_name=MODEL,
+        model_version=1,
+        scored_at=datetime.now(UTC),
+    )
+    elapsed = time.perf_counter() - started
+    engine.dispose()
+    return elapsed
+
+
+def train(env: dict[str, str], workdir: Path) -> None:
+    """A small iforest on 2,000 rows of the batches' distribution, registered as champion."""
+    data = workdir / "train.csv"
+    rng = np.random.default_rng(0)
+    pd.DataFrame(rng.normal(size=(2_000, len(COLUMNS))), columns=COLUMNS).to_csv(data, index=False)
+    cli = [sys.executable, "-m", "deployments.cli"]
+    run_tree([*cli, "train", str(data), "--model", MODEL, "--detector", "iforest", "--json"], env)
+
+
+def bench_backend(name: str, results_url: str, batches: dict[int, Path], workdir: Path) -> list:
+    import mlflow
+
+    home = workdir / f"home-{name}"
+    env = {**os.environ, "PYNOMALY_HOME": str(home), "PYTHONPATH": str(REPO)}
+    env["PYNOMALY_RESULTS_DB_URL"] = results_url
+    train(env, workdir)
+    tracking = f"sqlite:///{home.resolve() / 'mlflow.db'}"
+    mlflow.set_registry_uri(tracking)  # a benchmark script, not library code
+    mlflow.set_tracking_uri(tracking)
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
+    rows = []
+    for n, batch in batches.items():
+        scored = run_tree(
+            [
+                sys.executable,
+                "-m",
+                "deployments.cli",
+                "score",
+                str(batch),
+                "--model",
+                MODEL,
+                "--json",
+            ],
+            env,
+        )
+        assert scored["result"]["rows_stored"] == n, scored["result"]
+        scores = workdir / f"scores-{n}.parquet"
+        predict_s = raw_predict(model, batch, scores)
+        write_s = raw_write(results_url, scores)
+        row = {
+            "backend": name,
+            "rows": n,
+            "score_s": scored["wall_s"],
+            "rows_per_s": n / scored["wall_s"],
+            "raw_predict_s": predict_s,
+            "raw_write_s": write_s,
+            "ratio_vs_raw": scored["wall_s"] / (predict_s + write_s),
+            "peak_rss_gb": scored["peak_rss_gb"],
+            "peak_tree_rss_gb": scored["peak_tree_rss_gb"],
+        }
+        if name == "postgres":
+            row["replace_batch_s"] = platform_write(results_url, scores)
+            row["write_ratio_vs_copy"] = row["replace_batch_s"] / write_s
+        scores.unlink()
+        rows.append(row)
+    return rows
+
+
+def verdicts(rows: list[dict]) -> list[str]:
+    lines = []
+    for backend in dict.fromkeys(r["backend"] for r in rows):
+        mine = sorted((r for r in rows if r["backend"] == backend), key=lambda r: r["rows"])
+        small, large = mine[0], mine[-1]
+        lines.append(
+            f"{backend}: score {small['rows']:,} rows = {small['ratio_vs_raw']:.2f}x "
+            "(raw predict + raw write); target <= 2x"
+        )
+        if "write_ratio_vs_copy" in small:
+            lines.append(
+                f"{backend}: write part {small['write_ratio_vs_copy']:.2f}x raw COPY; "
+                "target <= 1.5x"
+            )
+        growth = large["peak_rss_gb"] / small["peak_rss_gb"]
+        lines.append(
+            f"{backend}: peak RSS {large['rows']:,} rows {large['peak_rss_gb']:.2f} GB = "
+            f"{growth:.2f}x the {small['rows']:,}-row {small['peak_rss_gb']:.2f} GB; "
+            "target <= 1.2x and < 1.5 GB"
+        )
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--rows",
+        default="1000000,4000000,16000000",
+        help="comma-separated batch sizes (rows x 20 columns)",
+    )
+    parser.add_argument("--backends", default="sqlite,postgres")
+    parser.add_argument("--workdir", type=Path, help="kept afterwards (default: a temp folder)")
+    parser.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    args = parser.parse_args()
+    sizes = sorted(int(s) for s in args.rows.split(","))
+    backends = args.backends.split(",")
+    sys.path[:0] = [str(REPO), str(REPO / "tests")]
+
+    with tempfile.TemporaryDirectory(prefix="pynomaly-bench-") as tmp:
+        workdir = (args.workdir or Path(tmp)).resolve()
+        workdir.mkdir(parents=True, exist_ok=True)
+        batches = {n: write_batch(workdir / f"batch-{n}.parquet", n, seed=n) for n in sizes}
+        rows: list[dict] = []
+        if "sqlite" in backends:
+            url = f"sqlite:///{workdir / 'results-sqlite.db'}"
+            rows += bench_backend("sqlite", url, batches, workdir)
+        if "postgres" in backends:
+            from servers import start_postgres
+
+            server = start_postgres(workdir / "pg")
+            try:
+                url = server.create_database("results").replace(
+                    "postgresql+psycopg2", "postgresql+psycopg"
+                )
+                rows += bench_backend("postgres", url, batches, workdir)
+            finally:
+                server.stop()
+    if args.json:
+        print(json.dumps({"rows": rows, "verdicts": verdicts(rows)}, indent=2))
+        return
+    print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    print("\n".join(verdicts(rows)))
+
+
+if __name__ == "__main__":
+    main()
