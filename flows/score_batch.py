@@ -60,7 +60,8 @@ def score_partitions(
     window: int,
 ) -> dict[str, Any]:
     """Score a batch's partitions in parallel on this flow's task runner (Dask) and write their
-    scores, in row order as they complete, into the results DB in one transaction."""
+    scores into the results DB in one transaction, in row order, each partition as soon as it
+    and those before it are done."""
     from tasks.scaleout import in_order, partitions, store_scores
 
     settings = get_settings()

@@ -376,6 +376,18 @@ CASES: dict[str, Case] = {
     ),
     "batch-id-empty": Case(score("--model", MODEL, "--batch-id", ""), ("--batch-id ''",)),
     "batch-id-newline": Case(score("--model", MODEL, "--batch-id", "a\nb"), ("control character",)),
+    "dask-malformed": Case(
+        score("--model", MODEL, "--dask", "not an address"), ("--dask 'not an address'",)
+    ),
+    "dask-unreachable": Case(
+        score("--model", MODEL, "--dask", "tcp://127.0.0.1:9"),
+        ("--dask tcp://127.0.0.1:9", "no Dask scheduler answers"),
+    ),
+    "train-dask-unreachable": Case(
+        train("good.csv", "--dask", "tcp://127.0.0.1:9"),
+        ("--dask tcp://127.0.0.1:9", "no Dask scheduler answers"),
+        GOOD,
+    ),
     "batch-missing-column": Case(
         score("--model", MODEL, batch="{tmp}/batch.csv"),
         ("missing column(s) the model needs: mean radius",),
