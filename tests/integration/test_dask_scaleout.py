@@ -172,3 +172,21 @@ def test_unreachable_or_malformed_address_is_one_line_exit_2(platform_home: Path
     assert result.stderr.strip().splitlines() == [
         "error: --dask 'not an address': not a scheduler address (tcp://HOST:PORT) or 'local'"
     ]
+
+
+def test_worker_reads_its_row_range_of_a_snapshot_on_s3(
+    s3_endpoint: str, s3_bucket: str, tmp_path: Path
+) -> None:
+    from tasks.scaleout import read_rows
+    from tasks.store import ArtifactStore
+
+    frame = pd.DataFrame({"a": np.arange(1000.0), "b": -np.arange(1000.0)})
+    local = tmp_path / "s.parquet"
+    frame.to_parquet(local, index=False, row_group_size=128)
+    store = ArtifactStore(f"s3://{s3_bucket}/root", s3_endpoint)
+    store.put_file("datasets/d/s.parquet", local)
+
+    chunks = list(read_rows(store.uri("datasets/d/s.parquet"), s3_endpoint, 300, 700, 100))
+    got = pd.concat(chunks)
+    assert list(got.index) == list(range(300, 700)) and all(len(c) <= 100 for c in chunks)
+    pd.testing.assert_frame_equal(got, frame.iloc[300:700], check_index_type=False)
