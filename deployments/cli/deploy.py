@@ -31,6 +31,7 @@ def deploy(
         as_json=as_json,
         debug=debug,
         status="Deploying…",
+        prefect=False,  # deployments go to a Prefect server the user runs, never the embedded one
     )
     if as_json:
         return
