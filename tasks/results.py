@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterable, Iterator
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -220,13 +221,6 @@ KEY_COLUMNS = ["batch_id", "model_name", "model_version", "scored_at"]
 INSERT_ORDER = [*KEY_COLUMNS, "row_index", "score", "is_anomaly"]
 
 
-def _copy_text(value: str) -> str:
-    """A value in COPY's text format (backslash, tab and line breaks escaped)."""
-    for char, escaped in (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"), ("\r", "\\r")):
-        value = value.replace(char, escaped)
-    return value
-
-
 def _chunk_rows(chunk: pd.DataFrame) -> Iterator[tuple[int, float, bool]]:
     """(row_index, score, is_anomaly) of a scored chunk as Python values."""
     return zip(
@@ -237,27 +231,45 @@ def _chunk_rows(chunk: pd.DataFrame) -> Iterator[tuple[int, float, bool]]:
     )
 
 
+def _copy_csv(chunk: pd.DataFrame, key: list[Any]) -> Any:
+    """A chunk as CSV for COPY, the batch key repeated on every row, written by Arrow's CSV
+    writer (C++; shortest round-trip floats, so scores are exact; strings quoted)."""
+    import pyarrow as pa
+    import pyarrow.csv as pa_csv
+
+    n = len(chunk)
+    columns = {
+        name: pa.repeat(pa.scalar(value), n) for name, value in zip(KEY_COLUMNS, key, strict=True)
+    }
+    table = pa.table(
+        {
+            **columns,
+            "row_index": chunk["row_index"].to_numpy(dtype=np.int64),
+            "score": chunk["score"].to_numpy(dtype=np.float64),
+            "is_anomaly": chunk["is_anomaly"].to_numpy(dtype=bool),
+        }
+    )
+    out = pa.BufferOutputStream()
+    pa_csv.write_csv(table, out, pa_csv.WriteOptions(include_header=False))
+    return out.getvalue()
+
+
 def _write_postgres(
-    conn: sa.Connection, prefix: list[str], chunks: Iterable[pd.DataFrame]
+    conn: sa.Connection, key: list[Any], chunks: Iterable[pd.DataFrame]
 ) -> Iterator[pd.DataFrame]:
     """Stream chunks into detection_results by COPY on the transaction's own connection: each
-    chunk goes as text and is let go (floats by repr, so exact). psycopg 3 (SQLAlchemy's
-    default driver for postgresql://) keeps one COPY open; psycopg2 runs one COPY per chunk."""
-    statement = f"COPY detection_results ({', '.join(INSERT_ORDER)}) FROM STDIN"
-    head = "\t".join(_copy_text(v) for v in prefix) + "\t"
-
-    def text(chunk: pd.DataFrame) -> str:
-        return "".join(f"{head}{i}\t{s!r}\t{'t' if a else 'f'}\n" for i, s, a in _chunk_rows(chunk))
-
+    chunk goes as CSV and is let go. psycopg 3 (SQLAlchemy's default driver for
+    postgresql://) keeps one COPY open; psycopg2 runs one COPY per chunk."""
+    statement = f"COPY detection_results ({', '.join(INSERT_ORDER)}) FROM STDIN WITH (FORMAT csv)"
     cursor = conn.connection.driver_connection.cursor()
     if hasattr(cursor, "copy_expert"):  # psycopg2
         for chunk in chunks:
-            cursor.copy_expert(statement, io.StringIO(text(chunk)))
+            cursor.copy_expert(statement, io.BytesIO(_copy_csv(chunk, key).to_pybytes()))
             yield chunk
         return
     with cursor.copy(statement) as copy:
         for chunk in chunks:
-            copy.write(text(chunk))
+            copy.write(memoryview(_copy_csv(chunk, key)))
             yield chunk
 
 
@@ -304,8 +316,8 @@ def replace_batch(
         for table in (detection_results, detection_batches):
             conn.execute(sa.delete(table).where(_of(table, batch_id, model_name, model_version)))
         if postgres:
-            prefix = [batch_id, model_name, str(int(model_version)), scored_at.isoformat()]
-            stored = _write_postgres(conn, prefix, chunks)
+            values = [batch_id, model_name, int(model_version), scored_at.isoformat()]
+            stored = _write_postgres(conn, values, chunks)
         else:
             stored = _write_sqlite(conn, _bound_key(engine, key, scored_at), chunks)
         # Each chunk is written, counted and let go: no more than one is held at a time.
