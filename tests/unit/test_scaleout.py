@@ -71,3 +71,14 @@ def test_in_order_keeps_order_and_at_most_window_in_flight() -> None:
     for entry in log:
         in_flight += 1 if entry.startswith("submit") else -1
         assert in_flight <= 2
+
+
+def test_automl_on_dask_refuses_a_storage_workers_cannot_share() -> None:
+    from tasks.automl import fit_best_detector, is_journal
+
+    x = np.random.default_rng(0).normal(size=(40, 3))
+    y = np.r_[np.zeros(30, dtype=int), np.ones(10, dtype=int)]
+    for storage in (None, "sqlite:///optuna.db"):
+        with pytest.raises(InputError, match=r"^--dask needs a shared PostgreSQL or MySQL"):
+            fit_best_detector(x, y, storage=storage, dask="local")
+    assert is_journal("/tmp/trials.journal") and not is_journal("postgresql://u@h/db")
