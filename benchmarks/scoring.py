@@ -8,7 +8,7 @@ throwaway cluster started as the integration tests start theirs):
 - raw: the same registered model loaded once with `mlflow.pyfunc.load_model`, `predict` over the
   same file read in row groups, and a raw write of the same rows into a table with the same
   columns, key and indexes (SQLite: executemany of tuples in one transaction; PostgreSQL: one
-  COPY) -- predict and write timed apart;
+  COPY of CSV written by Arrow) -- predict and write timed apart;
 - on PostgreSQL the write part alone: `replace_batch` (what scoring writes through) against the
   raw COPY, both fed the same stored scores.
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -153,24 +154,26 @@ def raw_write(url: str, scores: Path) -> float:
     with engine.begin() as conn:
         cursor = conn.connection.driver_connection.cursor()
         if postgres:
-            head = f"raw\t{MODEL}\t1\t{at.isoformat()}\t"
+            import pyarrow as pa
+            import pyarrow.csv as pa_csv
+            import pyarrow.parquet as pq
+
             statement = (
                 "COPY raw_results (batch_id, model_name, model_version, scored_at, row_index, "
-                "score, is_anomaly) FROM STDIN"
+                "score, is_anomaly) FROM STDIN WITH (FORMAT csv)"
             )
+            key = {"batch_id": "raw", "model_name": MODEL, "model_version": 1}
+            key["scored_at"] = at.isoformat()
             with cursor.copy(statement) as copy:
-                for chunk in row_groups(scores):
-                    copy.write(
-                        "".join(
-                            f"{head}{i}\t{s!r}\t{'t' if a else 'f'}\n"
-                            for i, s, a in zip(
-                                chunk["row_index"].tolist(),
-                                chunk["score"].tolist(),
-                                chunk["is_anomaly"].tolist(),
-                                strict=True,
-                            )
-                        )
+                for batch in pq.ParquetFile(scores).iter_batches(batch_size=ROW_GROUP):
+                    n = batch.num_rows
+                    table = pa.table(
+                        {k: pa.repeat(pa.scalar(v), n) for k, v in key.items()}
+                        | {c: batch.column(c) for c in ("row_index", "score", "is_anomaly")}
                     )
+                    out = pa.BufferOutputStream()
+                    pa_csv.write_csv(table, out, pa_csv.WriteOptions(include_header=False))
+                    copy.write(memoryview(out.getvalue()))
         else:
             stamp = at.strftime("%Y-%m-%d %H:%M:%S.%f")
             for chunk in row_groups(scores):
@@ -223,6 +226,7 @@ def bench_backend(name: str, results_url: str, batches: dict[int, Path], workdir
     import mlflow
 
     home = workdir / f"home-{name}"
+    shutil.rmtree(home, ignore_errors=True)  # a fresh home per run: model v1 is the champion
     env = {**os.environ, "PYNOMALY_HOME": str(home), "PYTHONPATH": str(REPO)}
     env["PYNOMALY_RESULTS_DB_URL"] = results_url
     train(env, workdir)
@@ -312,12 +316,14 @@ def main() -> None:
         batches = {n: write_batch(workdir / f"batch-{n}.parquet", n, seed=n) for n in sizes}
         rows: list[dict] = []
         if "sqlite" in backends:
+            (workdir / "results-sqlite.db").unlink(missing_ok=True)
             url = f"sqlite:///{workdir / 'results-sqlite.db'}"
             rows += bench_backend("sqlite", url, batches, workdir)
         if "postgres" in backends:
             from servers import start_postgres
 
-            server = start_postgres(workdir / "pg")
+            pg_dir = Path(tempfile.mkdtemp(prefix="pg-", dir=workdir))
+            server = start_postgres(pg_dir)
             try:
                 url = server.create_database("results").replace(
                     "postgresql+psycopg2", "postgresql+psycopg"
@@ -325,6 +331,7 @@ def main() -> None:
                 rows += bench_backend("postgres", url, batches, workdir)
             finally:
                 server.stop()
+                shutil.rmtree(pg_dir, ignore_errors=True)
     if args.json:
         print(json.dumps({"rows": rows, "verdicts": verdicts(rows)}, indent=2))
         return
