@@ -255,3 +255,22 @@ def test_delimiter_is_one_field_separating_character(
     path.write_text("a,b\n1,2\n")
     with pytest.raises(InputError, match=re.escape(f"--delimiter {delimiter!r}")):
         snapshot_source(str(path), "d", store, delimiter=delimiter)
+
+
+def test_parquet_is_read_in_bounded_chunks_whatever_its_row_groups(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tasks.ingest import parquet_frames
+
+    path = tmp_path / "groups.parquet"
+    sizes = [7, 5, 30, 3, 3, 3, 11, 2]  # small groups are read together, large ones sliced
+    with pq.ParquetWriter(path, pa.schema({"x": pa.float64()})) as writer:
+        start = 0
+        for n in sizes:
+            writer.write_table(pa.table({"x": np.arange(start, start + n, dtype=float)}))
+            start += n
+    frames = list(parquet_frames(pq.ParquetFile(path), 10))
+    assert pd.concat(frames)["x"].tolist() == list(range(sum(sizes)))
+    assert [len(f) for f in frames] == [12, 10, 10, 10, 9, 10, 1, 2]
+    assert max(len(f) for f in frames) < 2 * 10
