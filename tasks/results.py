@@ -57,7 +57,6 @@ detection_batches = sa.Table(
     sa.Index("ix_detection_batches_scored_at", "scored_at"),
 )
 
-COLUMNS = [c.name for c in detection_results.columns]
 # The batch id column's width: checked before scoring, so SQLite (which ignores widths) and
 # PostgreSQL (which refuses longer values) both refuse a longer id the same way, up front.
 BATCH_ID_MAX = detection_results.c.batch_id.type.length
