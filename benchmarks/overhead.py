@@ -12,7 +12,8 @@ new user runs them (`pynomaly ...` processes, wall time). Side by side in one ru
 
 Run: `python benchmarks/overhead.py [--rows 2000] [--cols 5] [--score-rows 300] [--repeats 3]
 [--ephemeral] [--json]`. Targets (issue 12): train + score <= 1.5x the plain script; `pynomaly
-score` of 300 rows <= 5 s from the second command on. Medians over the later repeats.
+score` of 300 rows <= 5 s from the second command on. Medians over the later repeats; the
+sides run in turn, repeat by repeat, so a busy machine slows them alike.
 """
 
 from __future__ import annotations
@@ -79,33 +80,45 @@ def timed(command: list[str], env: dict[str, str]) -> float:
     return took
 
 
-def cli_pairs(
-    root: Path, train_csv: Path, score_csv: Path, repeats: int, mode: str
-) -> list[tuple[float, float]]:
-    """(train seconds, score seconds) of `repeats` train + score pairs in one fresh home."""
-    home = root / f"home-{mode}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYNOMALY_", "PREFECT_"))}
-    env |= {"PYNOMALY_HOME": str(home), "PYNOMALY_PREFECT_MODE": mode}
-    pairs = []
+def interleaved(
+    root: Path, train_csv: Path, score_csv: Path, repeats: int, modes: list[str]
+) -> tuple[dict[str, list[tuple[float, float]]], list[float]]:
+    """Per mode, (train seconds, score seconds) of `repeats` train + score pairs in one fresh
+    home, and the plain script's seconds: run in turn, repeat by repeat, so the load of the
+    machine weighs on every side alike."""
+    envs = {}
+    for mode in modes:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYNOMALY_", "PREFECT_"))}
+        envs[mode] = env | {
+            "PYNOMALY_HOME": str(root / f"home-{mode}"),
+            "PYNOMALY_PREFECT_MODE": mode,
+        }
+    pairs: dict[str, list[tuple[float, float]]] = {mode: [] for mode in modes}
+    script = []
     try:
         for i in range(repeats):
-            model = f"bench{i}"
-            train = timed([PYNOMALY, "train", str(train_csv), "--model", model, "--json"], env)
-            score = timed([PYNOMALY, "score", str(score_csv), "--model", model, "--json"], env)
-            pairs.append((train, score))
+            for mode, env in envs.items():
+                model = f"bench{i}"
+                train = timed([PYNOMALY, "train", str(train_csv), "--model", model, "--json"], env)
+                score = timed([PYNOMALY, "score", str(score_csv), "--model", model, "--json"], env)
+                pairs[mode].append((train, score))
+            home = root / f"plain-{i}"
+            home.mkdir()
+            command = [
+                sys.executable,
+                __file__,
+                "--plain",
+                str(home),
+                str(train_csv),
+                str(score_csv),
+            ]
+            script.append(timed(command, dict(os.environ)))
     finally:
-        subprocess.run([PYNOMALY, "services", "down"], env=env, capture_output=True, check=False)
-    return pairs
-
-
-def plain_runs(root: Path, train_csv: Path, score_csv: Path, repeats: int) -> list[float]:
-    runs = []
-    for i in range(repeats):
-        home = root / f"plain-{i}"
-        home.mkdir()
-        command = [sys.executable, __file__, "--plain", str(home), str(train_csv), str(score_csv)]
-        runs.append(timed(command, dict(os.environ)))
-    return runs
+        for env in envs.values():
+            subprocess.run(
+                [PYNOMALY, "services", "down"], env=env, capture_output=True, check=False
+            )
+    return pairs, script
 
 
 def later(values: list[float]) -> float:
@@ -139,8 +152,7 @@ def main() -> None:
             score_csv, index=False
         )
         modes = ["background", "ephemeral"] if args.ephemeral else ["background"]
-        cli = {mode: cli_pairs(root, train_csv, score_csv, args.repeats, mode) for mode in modes}
-        script = plain_runs(root, train_csv, score_csv, args.repeats)
+        cli, script = interleaved(root, train_csv, score_csv, args.repeats, modes)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import os
+import pickle
 import socket
 import subprocess
 import time
@@ -112,6 +114,43 @@ class LoggedModel:
     model_uri: str
 
 
+class _ModuleRecorder(pickle.Pickler):
+    """Pickles to nowhere, noting the module of every object and class it meets."""
+
+    def __init__(self) -> None:
+        super().__init__(io.BytesIO(), protocol=pickle.HIGHEST_PROTOCOL)
+        self.modules: set[str] = set()
+
+    def reducer_override(self, obj: Any) -> Any:
+        for owner in (obj, type(obj)):
+            module = getattr(owner, "__module__", None)
+            if isinstance(module, str):
+                self.modules.add(module.partition(".")[0])
+        return NotImplemented
+
+
+def model_requirements(model: DetectorModel) -> list[str] | None:
+    """The pinned distributions loading `model` needs: those of the modules its pickle refers
+    to, plus MLflow and cloudpickle. MLflow would otherwise infer them by loading the model in
+    a new Python process (seconds of every training run). None (MLflow infers) if the model
+    does not pickle plainly."""
+    recorder = _ModuleRecorder()
+    try:
+        recorder.dump(model)
+    except Exception:  # noqa: BLE001 - MLflow's own inference copes with the rest
+        return None
+    by_module = metadata.packages_distributions()
+    names = {"mlflow", "cloudpickle"}
+    names |= {d for m in recorder.modules for d in by_module.get(m, ())}
+    pins = []
+    for name in sorted(names, key=str.lower):
+        try:
+            pins.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return pins
+
+
 def log_training(
     *,
     tracking_uri: str,
@@ -150,6 +189,7 @@ def log_training(
             python_model=model,
             signature=signature,
             input_example=example,
+            pip_requirements=model_requirements(model),
         )
     return LoggedModel(run_id=run.info.run_id, model_uri=info.model_uri)
 
