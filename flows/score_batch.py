@@ -62,7 +62,8 @@ def score_partitions(
     """Score a batch's partitions in parallel on this flow's task runner (Dask) and write their
     scores into the results DB in one transaction, in row order, each partition as soon as it
     and those before it are done."""
-    from tasks.scaleout import in_order, partitions, store_scores
+    from tasks.results import store_scores
+    from tasks.scaleout import in_order, partitions
 
     settings = get_settings()
     by_worker: dict[str, int] = {}

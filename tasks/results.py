@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterable, Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -357,3 +357,26 @@ def read_batch(
     query = t.select().where(_of(t, batch_id, model_name, model_version)).order_by(t.c.row_index)
     with engine.connect() as conn:
         return pd.read_sql(query, conn)
+
+
+def store_scores(
+    results_url: str, batch_id: str, chunks: Iterable[pd.DataFrame], resolved: Any
+) -> dict[str, Any]:
+    """Write scored chunks of a batch into detection_results in one transaction (replacing that
+    model version's rows of the batch), whether one process or Dask workers scored them."""
+    engine = results_engine(results_url)
+    key = {"model_name": resolved.name, "model_version": resolved.version}
+    try:
+        rows = replace_batch(engine, batch_id, chunks, **key, scored_at=datetime.now(UTC))
+        stored, anomalies = batch_counts(engine, batch_id, **key)
+    finally:
+        engine.dispose()
+    return {
+        "model": resolved.name,
+        "version": resolved.version,
+        "alias": resolved.alias,
+        "batch_id": batch_id,
+        "rows_scored": rows,
+        "rows_stored": stored,
+        "anomalies": anomalies,
+    }

@@ -169,30 +169,3 @@ def in_order(submit: Callable[[Any], Any], items: Iterable[Any], window: int) ->
             pending.append(submit(item))
             break
         yield result
-
-
-def store_scores(
-    results_url: str, batch_id: str, chunks: Iterable[pd.DataFrame], resolved: Any
-) -> dict[str, Any]:
-    """Write scored chunks of a batch into detection_results in one transaction (replacing that
-    model version's rows of the batch), as score_into_results does for one process."""
-    from datetime import UTC, datetime
-
-    from tasks.results import batch_counts, replace_batch, results_engine
-
-    engine = results_engine(results_url)
-    key = {"model_name": resolved.name, "model_version": resolved.version}
-    try:
-        rows = replace_batch(engine, batch_id, chunks, **key, scored_at=datetime.now(UTC))
-        stored, anomalies = batch_counts(engine, batch_id, **key)
-    finally:
-        engine.dispose()
-    return {
-        "model": resolved.name,
-        "version": resolved.version,
-        "alias": resolved.alias,
-        "batch_id": batch_id,
-        "rows_scored": rows,
-        "rows_stored": stored,
-        "anomalies": anomalies,
-    }

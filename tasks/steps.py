@@ -5,7 +5,6 @@ Only I/O is retried, and never bad input: a missing file stays missing on the se
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from prefect import task
@@ -186,33 +185,11 @@ def score_into_results(
 ) -> dict[str, Any]:
     """Score a snapshot with one model version into detection_results, replacing that version's
     rows of the batch (other models' and versions' rows of it stay)."""
-    from tasks.results import batch_counts, replace_batch, results_engine
+    from tasks.results import store_scores
     from tasks.score import score_snapshot
 
-    engine = results_engine(results_url)
-    try:
-        rows = replace_batch(
-            engine,
-            batch_id,
-            score_snapshot(scorer, store, manifest, columns, chunk_rows),
-            model_name=resolved.name,
-            model_version=resolved.version,
-            scored_at=datetime.now(UTC),
-        )
-        stored, anomalies = batch_counts(
-            engine, batch_id, model_name=resolved.name, model_version=resolved.version
-        )
-    finally:
-        engine.dispose()
-    return {
-        "model": resolved.name,
-        "version": resolved.version,
-        "alias": resolved.alias,
-        "batch_id": batch_id,
-        "rows_scored": rows,
-        "rows_stored": stored,
-        "anomalies": anomalies,
-    }
+    chunks = score_snapshot(scorer, store, manifest, columns, chunk_rows)
+    return store_scores(results_url, batch_id, chunks, resolved)
 
 
 @task(name="record_batch_snapshot", cache_policy=NO_CACHE, **IO)
