@@ -460,6 +460,18 @@ CASES: dict[str, Case] = {
     "chunk-rows-text": Case(
         train("good.csv"), ("PYNOMALY_CHUNK_ROWS='many'",), GOOD, {"PYNOMALY_CHUNK_ROWS": "many"}
     ),
+    "prefect-mode-unknown": Case(
+        train("good.csv"),
+        ("PYNOMALY_PREFECT_MODE='forever'",),
+        GOOD,
+        {"PYNOMALY_PREFECT_MODE": "forever"},
+    ),
+    "prefect-idle-zero": Case(
+        train("good.csv"),
+        ("PYNOMALY_PREFECT_IDLE_MINUTES='0'",),
+        GOOD,
+        {"PYNOMALY_PREFECT_IDLE_MINUTES": "0"},
+    ),
     "gate-margin-negative": Case(
         train("good.csv"), ("PYNOMALY_GATE_MARGIN='-1'",), GOOD, {"PYNOMALY_GATE_MARGIN": "-1"}
     ),
