@@ -82,9 +82,19 @@ def up(folder: DirOption = None, as_json: JsonOption = False) -> None:
 @services_app.command()
 def status(folder: DirOption = None, as_json: JsonOption = False) -> None:
     """Show each service's URL and health; exit code 1 when one of ours is unhealthy."""
-    from deployments.local import stack
+    from deployments.local import background, stack
 
     result = stack.status(_layout(folder))
+    embedded = background.read_state(_prefect_home().expanduser().resolve())
+    if embedded is not None:  # shown, not counted in the health of the services
+        url = embedded["url"]
+        healthy = background.healthy(url)
+        result["services"]["prefect-embedded"] = {
+            "url": url,
+            "healthy": healthy,
+            "running": True,
+            "pid": embedded["pid"],
+        }
     if as_json:
         say(json.dumps(result))
     elif not result["services"]:

@@ -131,6 +131,16 @@ def test_commands_share_one_background_server(home: Path, tmp_path: Path) -> Non
     assert [p.pid for p in servers_of(prefect_home)] == [state["pid"]]
     assert list(commands.iterdir()) == []  # the killed command's pid file was removed
 
+    status = subprocess.run(
+        [PYNOMALY, "services", "status", "--json"], env=env, capture_output=True, text=True
+    )
+    embedded = json.loads(status.stdout)["services"]["prefect-embedded"]
+    assert (embedded["pid"], embedded["url"], embedded["healthy"]) == (
+        state["pid"],
+        state["url"],
+        True,
+    )
+
     # `services down` stops it; nothing of that home keeps running.
     down = subprocess.run(
         [PYNOMALY, "services", "down", "--json"], env=env, capture_output=True, text=True
