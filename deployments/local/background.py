@@ -199,24 +199,39 @@ def stop(prefect_home: Path) -> int | None:
     return state["pid"] if state else None
 
 
-def _watch_idle(server, prefect_home: Path, idle_seconds: float) -> None:
+def _superseded(prefect_home: Path) -> bool:
+    """Whether this server is no longer the one of its home: the home was removed, or the
+    state file is gone or names another server (commands can no longer find this one)."""
+    try:
+        return json.loads(_state_file(prefect_home).read_text())["pid"] != os.getpid()
+    except (OSError, ValueError, KeyError):
+        return True
+
+
+def _watch_idle(server, prefect_home: Path, idle_seconds: float, poll: float = 5.0) -> None:
     """Stop `server` once no command has been live for `idle_seconds` (a command that came
-    and went between two looks still counts: its pid file's removal touched the folder)."""
-    poll = min(5.0, max(idle_seconds / 4, 0.2))
+    and went between two looks still counts: its pid file's removal touched the folder), or
+    at once when it is superseded."""
+    poll = min(poll, max(idle_seconds / 4, 0.2))
     commands, last_busy = _commands(prefect_home), time.time()
     while not server.should_exit:
         time.sleep(poll)
+        if not folder(prefect_home).is_dir():  # the home was removed: nothing to serve
+            server.should_exit = True
+            break
         with _lock(prefect_home, 600):
+            # The state file exists by now: the starting command wrote it under this lock.
+            if _superseded(prefect_home):
+                server.should_exit = True
+                break
             if _live_commands(prefect_home):
                 last_busy = time.time()
             with contextlib.suppress(OSError):
                 last_busy = max(last_busy, commands.stat().st_mtime)
             if time.time() - last_busy >= idle_seconds:
                 # Under the lock: a command attaching now finds no server and starts one.
-                state = _state_file(prefect_home)
-                with contextlib.suppress(OSError, ValueError):
-                    if json.loads(state.read_text())["pid"] == os.getpid():
-                        state.unlink()
+                with contextlib.suppress(OSError):
+                    _state_file(prefect_home).unlink()
                 server.should_exit = True
 
 
