@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     prefect_idle_minutes: float = Field(
         30.0, gt=0, description="Minutes without a command before the background API stops."
     )
+    warm: bool = Field(
+        True,
+        description="With the background API: a warm process per home (libraries imported "
+        "once) runs later commands as forks of itself; false runs every command in-process.",
+    )
 
     # Promotion gate, drift and retraining
     gate_margin: float = Field(0.02, ge=0, description="Allowed drop of AP/ROC-AUC vs champion.")

@@ -154,6 +154,12 @@ def _attach_prefect(settings: Settings) -> None:
 
     timeout = float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", 90))
     attach(Path(os.environ["PREFECT_HOME"]), settings.prefect_idle_minutes, timeout)
+    if "prefect.context" in sys.modules:
+        # A warm command process (deployments/local/warm.py) imported Prefect before this
+        # command's environment was in place: Prefect reads its settings again.
+        from prefect.context import refresh_global_settings_context
+
+        refresh_global_settings_context()
 
 
 def _check_local_file(source: str | None) -> None:

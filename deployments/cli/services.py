@@ -82,10 +82,18 @@ def up(folder: DirOption = None, as_json: JsonOption = False) -> None:
 @services_app.command()
 def status(folder: DirOption = None, as_json: JsonOption = False) -> None:
     """Show each service's URL and health; exit code 1 when one of ours is unhealthy."""
-    from deployments.local import background, stack
+    from deployments.local import background, stack, warm
 
     result = stack.status(_layout(folder))
     embedded = background.read_state(_prefect_home().expanduser().resolve())
+    warm_state = warm.read_state(_prefect_home().expanduser().resolve())
+    if warm_state is not None:  # shown, not counted in the health of the services
+        result["services"]["pynomaly-warm"] = {
+            "url": f"unix:{warm_state['socket']}",
+            "healthy": True,
+            "running": True,
+            "pid": warm_state["pid"],
+        }
     if embedded is not None:  # shown, not counted in the health of the services
         url = embedded["url"]
         healthy = background.healthy(url)
@@ -109,11 +117,13 @@ def status(folder: DirOption = None, as_json: JsonOption = False) -> None:
 
 @services_app.command()
 def down(folder: DirOption = None, as_json: JsonOption = False) -> None:
-    """Stop the services and supervisord (`supervisorctl shutdown`), and the embedded Prefect
-    API kept running in the background; check nothing remains."""
-    from deployments.local import background, stack
+    """Stop the services and supervisord (`supervisorctl shutdown`), the embedded Prefect API
+    kept running in the background and the warm command process; check nothing remains."""
+    from deployments.local import background, stack, warm
 
     result = stack.down(_layout(folder))
+    if warm.stop(_prefect_home()) is not None:  # first: it would hand commands on
+        result["stopped"].append("pynomaly-warm")
     if background.stop(_prefect_home()) is not None:
         result["stopped"].append("prefect-embedded")
     if as_json:
