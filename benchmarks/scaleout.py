@@ -64,31 +64,23 @@ def scoring_phase(address: str, manifest: Any, partition_rows: int) -> tuple[flo
     from pynomaly.settings import get_settings
     from registry.versions import client as mlflow_client
     from registry.versions import resolve_version
-    from tasks.scaleout import partitions, score_partition
+    from tasks.scaleout import partition_arguments, partitions, score_partition
 
     settings = get_settings()
     resolved = resolve_version(mlflow_client(settings.mlflow_tracking_uri), MODEL, None, 1)
     manifest = replace(manifest, snapshot_uri=absolute(manifest.snapshot_uri))
     parts = partitions(manifest.rows, partition_rows)
+    arguments = partition_arguments(
+        manifest,
+        resolved,
+        COLUMNS,
+        settings.s3_endpoint_url,
+        settings.mlflow_tracking_uri,
+        settings.chunk_rows,
+    )
     with Client(address, set_as_default=False) as client:
         started = time.perf_counter()
-        futures = [
-            client.submit(
-                score_partition,
-                manifest,
-                settings.s3_endpoint_url,
-                resolved.uri,
-                settings.mlflow_tracking_uri,
-                resolved.version,
-                dict(resolved.tags),
-                COLUMNS,
-                start,
-                stop,
-                settings.chunk_rows,
-                pure=False,
-            )
-            for start, stop in parts
-        ]
+        futures = [client.submit(score_partition, *arguments(part), pure=False) for part in parts]
         rows = sum(len(frame) for frame, _ in client.gather(futures))
         return time.perf_counter() - started, rows
 

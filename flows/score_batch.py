@@ -63,25 +63,22 @@ def score_partitions(
     scores into the results DB in one transaction, in row order, each partition as soon as it
     and those before it are done."""
     from tasks.results import store_scores
-    from tasks.scaleout import in_order, partitions
+    from tasks.scaleout import in_order, partition_arguments, partitions
 
     settings = get_settings()
     by_worker: dict[str, int] = {}
 
+    arguments = partition_arguments(
+        manifest,
+        resolved,
+        columns,
+        settings.s3_endpoint_url,
+        settings.mlflow_tracking_uri,
+        settings.chunk_rows,
+    )
+
     def submit(part: tuple[int, int]) -> Any:
-        start, stop = part
-        return score_partition.submit(
-            manifest,
-            settings.s3_endpoint_url,
-            resolved.uri,
-            settings.mlflow_tracking_uri,
-            resolved.version,
-            dict(resolved.tags),
-            columns,
-            start,
-            stop,
-            settings.chunk_rows,
-        )
+        return score_partition.submit(*arguments(part))
 
     def scored() -> Any:
         for frame, worker in in_order(submit, parts, window):

@@ -154,6 +154,34 @@ def score_partition(
     return (pd.concat(scored, ignore_index=True) if scored else empty), worker_name()
 
 
+def partition_arguments(
+    manifest: Manifest,
+    resolved: Any,
+    columns: list[str],
+    endpoint_url: str | None,
+    tracking_uri: str,
+    chunk_rows: int,
+) -> Callable[[tuple[int, int]], tuple[Any, ...]]:
+    """`score_partition`'s arguments for a (start, stop) row range of this batch and model."""
+
+    def arguments(part: tuple[int, int]) -> tuple[Any, ...]:
+        start, stop = part
+        return (
+            manifest,
+            endpoint_url,
+            resolved.uri,
+            tracking_uri,
+            resolved.version,
+            dict(resolved.tags),
+            columns,
+            start,
+            stop,
+            chunk_rows,
+        )
+
+    return arguments
+
+
 def in_order(submit: Callable[[Any], Any], items: Iterable[Any], window: int) -> Iterator[Any]:
     """Results of `submit(item)` futures in the order of `items`, at most `window` in flight:
     later partitions run while earlier ones are written, and memory stays bounded."""
