@@ -50,6 +50,13 @@ def completed(proc: subprocess.Popen, logs: Path) -> tuple[int, str, str]:
     return code, (logs / "stdout").read_text(), (logs / "stderr").read_text()
 
 
+def score_b1(env: dict[str, str], logs: Path) -> tuple[int, str, str]:
+    """`pynomaly score` of the test's batch (s.csv beside `logs`) as batch b1, with --json."""
+    batch = logs.parent / "s.csv"
+    args = ("score", str(batch), "--model", "m", "--batch-id", "b1", "--json")
+    return completed(pynomaly(env, logs, *args), logs)
+
+
 def forked(prefect_home: Path) -> list[tuple[int, str]]:
     """(child pid, argv) of each command the warm server ran, from its log."""
     log = warm.folder(prefect_home) / "warm.log"
@@ -115,36 +122,12 @@ def test_commands_run_in_the_warm_process(home: Path, tmp_path: Path) -> None:
     assert code == 0, err
     wait_for(lambda: warm.read_state(prefect_home) is not None, "no warm server started")
     assert forked(prefect_home) == []
-    in_process = pynomaly(
-        env | {"PYNOMALY_WARM": "false"},
-        tmp_path / "score0",
-        "score",
-        str(tmp_path / "s.csv"),
-        "--model",
-        "m",
-        "--batch-id",
-        "b1",
-        "--json",
-    )
-    code, expected, err = completed(in_process, tmp_path / "score0")
+    code, expected, err = score_b1(env | {"PYNOMALY_WARM": "false"}, tmp_path / "score0")
     assert code == 0, err
     assert forked(prefect_home) == []
 
     # Handed over: the same JSON (the same batch again: idempotent), the command in the log.
-    code, out, err = completed(
-        pynomaly(
-            env,
-            tmp_path / "score1",
-            "score",
-            str(tmp_path / "s.csv"),
-            "--model",
-            "m",
-            "--batch-id",
-            "b1",
-            "--json",
-        ),
-        tmp_path / "score1",
-    )
+    code, out, err = score_b1(env, tmp_path / "score1")
     assert code == 0, err
     assert json.loads(out) == json.loads(expected)
     assert [argv for _, argv in forked(prefect_home)] == [
@@ -203,20 +186,7 @@ def test_commands_run_in_the_warm_process(home: Path, tmp_path: Path) -> None:
     wait_for(lambda: not any(commands.iterdir()), "the killed command's pid file stayed", 30)
 
     # A changed PYNOMALY_ variable: in-process (the warm server would hold the old value).
-    code, out, err = completed(
-        pynomaly(
-            env | {"PYNOMALY_CHUNK_ROWS": "100"},
-            tmp_path / "changed",
-            "score",
-            str(tmp_path / "s.csv"),
-            "--model",
-            "m",
-            "--batch-id",
-            "b1",
-            "--json",
-        ),
-        tmp_path / "changed",
-    )
+    code, out, err = score_b1(env | {"PYNOMALY_CHUNK_ROWS": "100"}, tmp_path / "changed")
     assert code == 0, err
     assert json.loads(out) == json.loads(expected)
     assert len(forked(prefect_home)) == 6
