@@ -284,11 +284,13 @@ def _write_sqlite(
 
 
 def _bound_key(engine: sa.Engine, key: dict, scored_at: datetime) -> tuple:
-    """The constant columns as the dialect stores them (SQLAlchemy's own bind processing)."""
+    """The constant columns as the dialect stores them (SQLAlchemy's own bind processing, bound
+    once: scored_at is text for SQLite here, not a datetime sqlite3 converts on every row)."""
     values = {**key, "scored_at": scored_at}
     bound = []
     for name in KEY_COLUMNS:
-        process = detection_results.c[name].type.bind_processor(engine.dialect)
+        column_type = detection_results.c[name].type.dialect_impl(engine.dialect)
+        process = column_type.bind_processor(engine.dialect)
         bound.append(process(values[name]) if process else values[name])
     return tuple(bound)
 

@@ -24,6 +24,7 @@ from old_results import (
 
 from tasks.results import (
     batch_counts,
+    detection_batches,
     detection_results,
     metadata,
     migrate_results_key,
@@ -209,7 +210,12 @@ def test_rows_are_stored_exactly_as_scored_with_the_batch_key(engine: sa.Engine)
     assert stored["score"].tolist() == AWKWARD
     assert stored["row_index"].tolist() == (np.arange(len(AWKWARD)) * 7).tolist()
     assert stored["is_anomaly"].tolist() == [i % 2 == 0 for i in range(len(AWKWARD))]
-    # The constant columns are bound as SQLAlchemy binds them: read back, the same instant.
-    assert {pd.Timestamp(v) for v in stored["scored_at"]} == {pd.Timestamp(at)}
+    # The constant columns are bound as SQLAlchemy binds them: read back, the same instant
+    # (SQLite keeps no zone: SQLAlchemy stores UTC there without one, as in detection_batches).
+    read = {pd.Timestamp(v) for v in stored["scored_at"]}
+    assert {v if v.tzinfo else v.tz_localize(UTC) for v in read} == {pd.Timestamp(at)}
+    with engine.connect() as conn:
+        summary_at = conn.execute(sa.select(detection_batches.c.scored_at)).scalar_one()
+    assert {pd.Timestamp(v) for v in stored["scored_at"]} == {pd.Timestamp(summary_at)}
     assert set(stored["batch_id"]) == {"b\t1"} and set(stored["model_name"]) == {"m'x"}
     assert set(stored["model_version"]) == {3}
