@@ -14,6 +14,7 @@ import os
 import re
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -581,12 +582,21 @@ def load_manifest(store: ArtifactStore, dataset: str, sha256: str) -> Manifest:
     return Manifest(**data)
 
 
+@contextmanager
+def snapshot_file(store: ArtifactStore, manifest: Manifest) -> Iterator[Path]:
+    """A local path of a stored snapshot: the file itself in a local store (snapshots are
+    written once, by rename, and never changed), a temporary download from S3."""
+    key = snapshot_key(manifest.dataset, manifest.sha256)
+    if not store.is_s3:
+        yield Path(store.uri(key))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        yield store.download(key, Path(tmp) / "s.parquet")
+
+
 def load_snapshot(store: ArtifactStore, manifest: Manifest) -> pd.DataFrame:
     """A stored snapshot as a DataFrame."""
-    with tempfile.TemporaryDirectory() as tmp:
-        local = store.download(
-            snapshot_key(manifest.dataset, manifest.sha256), Path(tmp) / "s.parquet"
-        )
+    with snapshot_file(store, manifest) as local:
         return pd.read_parquet(local)
 
 
@@ -596,10 +606,7 @@ def iter_snapshot(
     """A stored snapshot in chunks of about `chunk_rows` rows, with a global row index."""
     import pyarrow.parquet as pq
 
-    with tempfile.TemporaryDirectory() as tmp:
-        local = store.download(
-            snapshot_key(manifest.dataset, manifest.sha256), Path(tmp) / "s.parquet"
-        )
+    with snapshot_file(store, manifest) as local:
         offset = 0
         for frame in parquet_frames(pq.ParquetFile(local), chunk_rows):
             frame.index = pd.RangeIndex(offset, offset + len(frame))
