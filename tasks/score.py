@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
-from typing import Any
+from queue import Empty, Full, Queue
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -12,6 +14,7 @@ from pynomaly.errors import InputError
 from tasks.ingest import Manifest, iter_snapshot
 
 NUMERIC_TYPES = {"double", "float", "long", "integer"}
+T = TypeVar("T")
 
 
 def check_batch_columns(
@@ -60,8 +63,58 @@ def score_chunks(
         )
 
 
+def prefetch(items: Iterator[T], depth: int = 2) -> Iterator[T]:
+    """`items`, computed ahead in a thread with at most `depth` waiting: the next chunk is read
+    and scored while this one is written (Parquet reads, NumPy, scikit-learn's tree walks and
+    the database drivers release the GIL, so two cores both work). An error in `items` is
+    raised here; when the consumer stops early, the thread stops and closes `items`."""
+    queue: Queue[tuple[str, Any]] = Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(entry: tuple[str, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                queue.put(entry, timeout=0.1)
+                return True
+            except Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(("item", item)):
+                    return
+            put(("done", None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(("error", exc))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=produce, name="pynomaly-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            try:
+                kind, value = queue.get(timeout=0.5)
+            except Empty:
+                if not thread.is_alive() and queue.empty():
+                    raise RuntimeError("the prefetch thread ended without a result") from None
+                continue
+            if kind == "error":
+                raise value
+            if kind == "done":
+                return
+            yield value
+    finally:
+        stop.set()
+        thread.join()
+
+
 def score_snapshot(
     scorer: Any, store: Any, manifest: Manifest, columns: list[str], chunk_rows: int
 ) -> Iterator[pd.DataFrame]:
-    """Scored chunks of a stored snapshot."""
-    return score_chunks(scorer, iter_snapshot(store, manifest, chunk_rows), columns)
+    """Scored chunks of a stored snapshot, the next scored while the last is written."""
+    return prefetch(score_chunks(scorer, iter_snapshot(store, manifest, chunk_rows), columns))
