@@ -161,9 +161,11 @@ def handoff(argv: list[str], env: dict[str, str]) -> int | None:
     forwarded: list[int] = []
 
     def forward(signum: int, frame: object) -> None:
+        """To the command's process group: what it started gets the signal too, as a
+        terminal's Ctrl-C reaches every process of an in-process command."""
         forwarded.append(signum)
         with contextlib.suppress(OSError):
-            os.kill(child, signum)
+            os.killpg(child, signum)
 
     for signum in SIGNALS:
         signal.signal(signum, forward)
@@ -379,6 +381,7 @@ def _accept(listener: socket.socket, url: str) -> None:
     if pid == 0:
         code = 1
         try:
+            os.setpgid(0, 0)  # its own process group, which the client signals
             listener.close()
             code = _child(conn, url)
         except BaseException:  # noqa: BLE001 - a child never returns into the server loop

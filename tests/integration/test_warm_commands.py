@@ -170,6 +170,8 @@ def test_commands_run_in_the_warm_process(home: Path, tmp_path: Path) -> None:
     client = pynomaly(env, tmp_path / "term", *long_train)
     wait_for(lambda: len(forked(prefect_home)) == 5 and any(commands.iterdir()), "not attached")
     child = forked(prefect_home)[-1][0]
+    # In its own process group, which the client signals: what it started is reached too.
+    assert os.getpgid(child) == child != os.getpgid(client.pid)
     client.send_signal(signal.SIGTERM)
     code, out, err = completed(client, tmp_path / "term")
     assert (code, err.strip()) == (143, "pynomaly: interrupted (SIGTERM)")
