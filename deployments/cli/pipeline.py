@@ -312,7 +312,11 @@ def demo(
         result["seconds"] = round(time.perf_counter() - started, 1)
         result["ui"] = {
             "mlflow": f"mlflow ui --backend-store-uri {settings.mlflow_tracking_uri} --port 5000",
-            "prefect": f"PREFECT_HOME={os.environ['PREFECT_HOME']} prefect server start",
+            # One server per Prefect database: the background API (no UI) stops first.
+            "prefect": (
+                f"pynomaly services down && PREFECT_HOME={os.environ['PREFECT_HOME']} "
+                "prefect server start"
+            ),
         }
         return result
 

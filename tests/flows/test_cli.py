@@ -62,6 +62,8 @@ def test_demo_reports_a_real_model(demo: tuple[Path, dict]) -> None:
     assert out["rows_scored"] == results_state(home)[0][1] > 0
     assert out["anomalies"] == results_state(home)[0][2]
     assert "mlflow ui --backend-store-uri sqlite:///" in out["ui"]["mlflow"]
+    # One Prefect server per database: the hint stops the background API before the UI server.
+    assert out["ui"]["prefect"].startswith("pynomaly services down && PREFECT_HOME=")
 
 
 def test_scoring_a_batch_twice_keeps_one_copy(demo: tuple[Path, dict], monkeypatch) -> None:
