@@ -4,6 +4,7 @@ unix socket (0700), and `shutdown` to stop them all."""
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import subprocess
 import sys
@@ -98,8 +99,15 @@ def start_program(root: Path, name: str, healthy: Callable[[], bool], timeout: f
     supervisord gives up on, or that stays unhealthy, is stopped and named with its log."""
     server = rpc(root)
     began = time.monotonic()
-    server.supervisor.startProcess(name, False)
     log = root / "logs" / f"{name}.log"
+    try:
+        server.supervisor.startProcess(name, False)
+    except xmlrpc.client.Fault as fault:  # it exited before supervisord saw it start
+        with contextlib.suppress(xmlrpc.client.Fault):  # no retries in BACKOFF
+            server.supervisor.stopProcess(name)
+        raise ServiceError(
+            f"{name} exited while starting ({fault.faultString}); log {log}:\n{log_tail(log)}"
+        ) from None
     while time.monotonic() - began < timeout:
         state = server.supervisor.getProcessInfo(name)["statename"]
         if state in ("FATAL", "EXITED"):
