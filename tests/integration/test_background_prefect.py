@@ -8,9 +8,11 @@ its database. Output goes to files, not pipes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -60,6 +62,14 @@ def flow_runs(url: str) -> list[str]:
     with urllib.request.urlopen(request, timeout=30) as response:
         runs = json.load(response)
     return sorted(run["parameters"].get("dataset", "?") for run in runs)
+
+
+def stored_flow_runs(prefect_home: Path) -> list[str]:
+    """The `dataset` parameter of every flow run in the home's Prefect database (read from the
+    SQLite file: no server needs to run)."""
+    with contextlib.closing(sqlite3.connect(prefect_home / "prefect.db")) as conn:
+        rows = conn.execute("SELECT parameters FROM flow_run").fetchall()
+    return sorted(json.loads(parameters).get("dataset", "?") for (parameters,) in rows)
 
 
 def servers_of(prefect_home: Path) -> list[psutil.Process]:
@@ -152,18 +162,18 @@ def test_commands_share_one_background_server(home: Path, tmp_path: Path) -> Non
 
     # A short idle time: a command still runs to the end on it (longer than the idle time),
     # then the server stops itself; the next command starts a new one on the same database.
+    # The new server is read while the command runs: after it, the server may be gone already.
     short = command_env(home, idle_minutes=0.05)
-    assert (
-        finished(
-            start(short, tmp_path / "a2", "ingest", str(tmp_path / "a.csv"), "--dataset", "a2"),
-            tmp_path / "a2",
-        )["rows"]
-        == 200
-    )
-    idle_state = background.read_state(prefect_home)
+    proc = start(short, tmp_path / "a2", "ingest", str(tmp_path / "a.csv"), "--dataset", "a2")
+    idle_state = None
+    while proc.poll() is None:
+        idle_state = idle_state or background.read_state(prefect_home)
+        time.sleep(0.1)
+    assert finished(proc, tmp_path / "a2")["rows"] == 200
     assert idle_state is not None and idle_state["pid"] != state["pid"]
-    # The same database: the earlier runs (the killed one's too, if it got that far) are there.
-    assert set(flow_runs(idle_state["url"])) - {"c"} == {"a", "b", "d", "a2"}
-    assert wait_gone(psutil.Process(idle_state["pid"]), 120)
+    with contextlib.suppress(psutil.NoSuchProcess):  # gone already: stopped
+        assert wait_gone(psutil.Process(idle_state["pid"]), 120)
     assert background.read_state(prefect_home) is None
+    # The same database: the earlier runs (the killed one's too, if it got that far) are there.
+    assert set(stored_flow_runs(prefect_home)) - {"c"} == {"a", "b", "d", "a2"}
     assert not servers_of(prefect_home)
