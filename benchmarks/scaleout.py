@@ -103,7 +103,12 @@ def write_alone(batch_id: str) -> float:
     chunks = (stored.iloc[i : i + ROW_GROUP] for i in range(0, len(stored), ROW_GROUP))
     started = time.perf_counter()
     replace_batch(
-        engine, "write-alone", chunks, model_name=MODEL, model_version=1, scored_at=datetime.now(UTC)
+        engine,
+        "write-alone",
+        chunks,
+        model_name=MODEL,
+        model_version=1,
+        scored_at=datetime.now(UTC),
     )
     elapsed = time.perf_counter() - started
     engine.dispose()

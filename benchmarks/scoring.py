@@ -246,7 +246,9 @@ def train(env: dict[str, str], workdir: Path) -> None:
     data = workdir / "train.csv"
     rng = np.random.default_rng(0)
     pd.DataFrame(rng.normal(size=(2_000, len(COLUMNS))), columns=COLUMNS).to_csv(data, index=False)
-    run_tree([PYNOMALY, "train", str(data), "--model", MODEL, "--detector", "iforest", "--json"], env)
+    run_tree(
+        [PYNOMALY, "train", str(data), "--model", MODEL, "--detector", "iforest", "--json"], env
+    )
 
 
 def bench_backend(name: str, results_url: str, batches: dict[int, Path], workdir: Path) -> list:
