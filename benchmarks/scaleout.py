@@ -93,26 +93,17 @@ def scoring_phase(address: str, manifest: Any, partition_rows: int) -> tuple[flo
 def write_alone(batch_id: str) -> float:
     """Seconds of the batch's one-transaction write alone: replace_batch fed the scores the flow
     stored for `batch_id`, in 250k-row chunks, into another batch id of the same results DB."""
-    from datetime import UTC, datetime
+    from scoring import platform_write  # benchmarks/scoring.py
 
     from pynomaly.settings import get_settings
-    from tasks.results import read_batch, replace_batch, results_engine
+    from tasks.results import read_batch, results_engine
 
-    engine = results_engine(get_settings().results_url)
+    url = get_settings().results_url
+    engine = results_engine(url)
     stored = read_batch(engine, batch_id, model_name=MODEL, model_version=1)
-    chunks = (stored.iloc[i : i + ROW_GROUP] for i in range(0, len(stored), ROW_GROUP))
-    started = time.perf_counter()
-    replace_batch(
-        engine,
-        "write-alone",
-        chunks,
-        model_name=MODEL,
-        model_version=1,
-        scored_at=datetime.now(UTC),
-    )
-    elapsed = time.perf_counter() - started
     engine.dispose()
-    return elapsed
+    chunks = (stored.iloc[i : i + ROW_GROUP] for i in range(0, len(stored), ROW_GROUP))
+    return platform_write(url, chunks, MODEL)
 
 
 def main() -> None:

@@ -222,8 +222,8 @@ def raw_write(url: str, scores: Path) -> float:
     return elapsed
 
 
-def platform_write(url: str, scores: Path) -> float:
-    """Seconds of replace_batch (scoring's writer) over the same stored scores."""
+def platform_write(url: str, chunks: Iterator[pd.DataFrame], model: str = MODEL) -> float:
+    """Seconds of replace_batch (scoring's writer: one transaction) over stored scores."""
     from tasks.results import replace_batch, results_engine
 
     engine = results_engine(url)
@@ -231,8 +231,8 @@ def platform_write(url: str, scores: Path) -> float:
     replace_batch(
         engine,
         "write-only",
-        row_groups(scores),
-        model_name=MODEL,
+        chunks,
+        model_name=model,
         model_version=1,
         scored_at=datetime.now(UTC),
     )
@@ -313,7 +313,7 @@ def bench_size(
         row["in_process_ratio"] = first["wall_s"] / (predict_s + write_s)
         row["in_process_rss_gb"] = first["peak_rss_gb"]
     if name == "postgres":
-        row["replace_batch_s"] = platform_write(results_url, scores)
+        row["replace_batch_s"] = platform_write(results_url, row_groups(scores))
         row["write_ratio_vs_copy"] = row["replace_batch_s"] / write_s
     scores.unlink()
     return row
