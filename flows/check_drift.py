@@ -10,6 +10,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 
 from pynomaly.settings import get_settings
+from tasks.drift import rows_compared
 from tasks.steps import compare_with_training_data, load_source, log_drift_run, resolve_model
 from tasks.store import ArtifactStore
 
@@ -42,7 +43,15 @@ def check_drift(
     batch = load_source(source, f"{name}-batches", store, query, delimiter, settings.chunk_rows)
 
     # Compare
-    result, html = compare_with_training_data(store, resolved, batch, settings.drift_threshold, uri)
+    result, html = compare_with_training_data(
+        store,
+        resolved,
+        batch,
+        settings.drift_threshold,
+        uri,
+        settings.drift_sample_rows,
+        settings.chunk_rows,
+    )
     experiment_id = ensure_experiment(settings.experiment, uri, settings.artifact_store)
     logged = log_drift_run(uri, experiment_id, resolved, batch, result, html)
     drifted = [c for c, r in result["columns"].items() if r["drifted"]]
@@ -54,7 +63,8 @@ def check_drift(
             f"Drifted columns {result['drifted_columns']}/{len(result['columns'])} "
             f"(share {result['drift_share']:.2f}, threshold {result['drift_threshold']:g})"
             f"{': ' + ', '.join(drifted[:20]) if drifted else ''}. Score PSI "
-            f"{result['score_drift'].get('psi', float('nan')):.3f}.\n\n"
+            f"{result['score_drift'].get('psi', float('nan')):.3f}. Rows compared: "
+            f"{rows_compared(result)}.\n\n"
             f"[Evidently report]({logged['report_uri']}) in MLflow run `{logged['run_id']}`."
         ),
     )

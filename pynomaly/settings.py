@@ -59,6 +59,12 @@ class Settings(BaseSettings):
     drift_threshold: float = Field(
         0.5, gt=0, le=1, description="Drifted-column share that retrains."
     )
+    drift_sample_rows: int = Field(
+        100_000,
+        ge=1_000,
+        description="Rows drawn at random from each side of a drift check (the same rows for "
+        "the same data); larger data is sampled while read, never loaded whole.",
+    )
     retrain_cooldown_hours: float = Field(6.0, ge=0, description="Hours between drift retrains.")
     max_retrains_per_day: int = Field(2, ge=0, description="Cap on retrains per model per day.")
 

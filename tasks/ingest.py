@@ -600,6 +600,28 @@ def load_snapshot(store: ArtifactStore, manifest: Manifest) -> pd.DataFrame:
         return pd.read_parquet(local)
 
 
+def sample_snapshot(
+    store: ArtifactStore, manifest: Manifest, rows: int, chunk_rows: int
+) -> pd.DataFrame:
+    """At most `rows` rows of a stored snapshot, drawn uniformly without replacement and kept in
+    file order with their global row index; the whole snapshot when it is no larger. Read chunk
+    by chunk: memory holds the sample and one chunk, whatever the snapshot's size. The draw is
+    seeded by the snapshot's hash, so the same data always gives the same sample."""
+    if manifest.rows <= rows:
+        return load_snapshot(store, manifest)
+    rng = np.random.default_rng(int(manifest.sha256[:16], 16))
+    picked = np.sort(rng.choice(manifest.rows, size=rows, replace=False))
+    parts = []
+    for frame in iter_snapshot(store, manifest, chunk_rows):
+        if frame.empty:
+            continue
+        start, stop = frame.index[0], frame.index[-1] + 1
+        wanted = picked[np.searchsorted(picked, start) : np.searchsorted(picked, stop)]
+        if len(wanted):
+            parts.append(frame.iloc[wanted - start])
+    return pd.concat(parts)
+
+
 def iter_snapshot(
     store: ArtifactStore, manifest: Manifest, chunk_rows: int
 ) -> Iterator[pd.DataFrame]:

@@ -253,6 +253,8 @@ def drift(
     result = run(work, as_json=as_json, debug=debug, status="Checking drift…", sources=(source,))
     if as_json:
         return
+    from tasks.drift import rows_compared
+
     drifted = [c for c, r in result["columns"].items() if r["drifted"]]
     score = result["score_drift"]
     retrain_info = result.get("retrain") or {}
@@ -264,6 +266,7 @@ def drift(
         + (f": {', '.join(drifted[:10])}{'…' if len(drifted) > 10 else ''}" if drifted else ""),
         f"  score drift: PSI {score.get('psi', 0):.3f}, KS {score.get('ks_statistic', 0):.3f} "
         f"(p={score.get('ks_pvalue', 1):.2g}) -> {'drifted' if score.get('drifted') else 'stable'}",
+        f"  rows compared: {rows_compared(result)}",
         f"  report: {result['report_uri']}",
         f"  retrain: {retrain_info.get('status', 'not requested')}"
         + (f" ({retrain_info['reason']})" if retrain_info.get("reason") else ""),

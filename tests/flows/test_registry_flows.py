@@ -159,6 +159,19 @@ def test_drift_starts_a_retrain_with_a_cooldown(files, monkeypatch):
     get_settings.cache_clear()
     event = check_drift(files["shifted"], "m", trigger="event")
     assert event["retrain"] == {"status": "event emitted", "event": "pynomaly.drift.detected"}
+    # v2 was trained on a window of the training set and the shifted batch: 400 + 250 rows.
+    assert (event["reference_rows"], event["reference_sample_rows"]) == (650, 650)
+    assert (event["current_rows"], event["current_sample_rows"]) == (250, 250)
+
+    # A batch larger than the drift sample is compared through a uniform sample of it.
+    big = Path(files["shifted"]).with_name("big.csv")
+    make_frame(3, 3_000, shift=2.5, labelled=False).to_csv(big, index=False)
+    monkeypatch.setenv("PYNOMALY_DRIFT_SAMPLE_ROWS", "1000")
+    get_settings.cache_clear()
+    sampled = check_drift(str(big), "m", retrain_on_drift=False)
+    assert sampled["drift_detected"] and sampled["retrain"] == {"status": "not requested"}
+    assert (sampled["current_rows"], sampled["current_sample_rows"]) == (3_000, 1_000)
+    assert (sampled["reference_rows"], sampled["reference_sample_rows"]) == (650, 650)
 
 
 def test_a_failed_retrain_is_recorded_and_holds_no_cooldown(files, tmp_path, monkeypatch):

@@ -71,3 +71,15 @@ def test_psi_is_zero_for_the_same_sample_and_grows_with_shift():
     assert population_stability(ref, ref + 0.5) < population_stability(ref, ref + 2.0)
     same = score_drift(ref, rng.normal(size=2000))
     assert not same["drifted"] and same["psi"] < 0.05
+
+
+def test_rows_compared_names_a_sampled_side_and_its_size():
+    from tasks.drift import rows_compared
+
+    result = {
+        "reference_rows": 2_000,
+        "reference_sample_rows": 2_000,
+        "current_rows": 4_000_000,
+        "current_sample_rows": 100_000,
+    }
+    assert rows_compared(result) == "training 2,000, batch 100,000 of 4,000,000 (sampled)"

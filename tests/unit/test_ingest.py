@@ -274,3 +274,25 @@ def test_parquet_is_read_in_bounded_chunks_whatever_its_row_groups(tmp_path: Pat
     assert pd.concat(frames)["x"].tolist() == list(range(sum(sizes)))
     assert [len(f) for f in frames] == [12, 10, 10, 10, 9, 10, 1, 2]
     assert max(len(f) for f in frames) < 2 * 10
+
+
+def test_a_sample_is_uniform_without_repeats_the_same_every_time_and_read_in_chunks(
+    tmp_path: Path, store: ArtifactStore
+) -> None:
+    from tasks.ingest import sample_snapshot
+
+    path = tmp_path / "rows.csv"
+    pd.DataFrame({"row": np.arange(10_000), "x": np.arange(10_000) * 0.5}).to_csv(path, index=False)
+    manifest = snapshot_source(str(path), "d", store)
+    sample = sample_snapshot(store, manifest, 1_000, chunk_rows=700)
+    assert len(sample) == 1_000 and sample.index.is_unique and sample.index.is_monotonic_increasing
+    # Each sampled row is the snapshot's row of that index, whole.
+    assert (sample["row"] == sample.index).all() and (sample["x"] == sample.index * 0.5).all()
+    # Spread over the whole snapshot, not its first chunks: ~100 rows in each tenth.
+    per_tenth = np.bincount(sample.index // 1_000, minlength=10)
+    assert per_tenth.min() >= 60 and per_tenth.max() <= 140, per_tenth
+    # Seeded by the snapshot's hash: the same data gives the same rows, whatever the chunks.
+    again = sample_snapshot(store, manifest, 1_000, chunk_rows=3_000)
+    assert again.index.equals(sample.index)
+    whole = sample_snapshot(store, manifest, 10_000, chunk_rows=700)
+    assert whole.equals(load_snapshot(store, manifest))
