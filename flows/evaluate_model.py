@@ -40,7 +40,16 @@ def evaluate_model(
 
     # Evaluation data
     batch = load_evaluation_data(
-        store, uri, model, version, data, label_column, query, delimiter, settings.chunk_rows
+        store,
+        uri,
+        model,
+        version,
+        data,
+        label_column,
+        query,
+        delimiter,
+        settings.chunk_rows,
+        settings.train_max_rows,
     )
     champion = batch["champion"]
     champion_version = None if champion is None else champion.version

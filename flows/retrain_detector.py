@@ -98,7 +98,15 @@ def retrain_detector(
 
         # Train, register and gate: the train flow's own path, on the window's rows
         with tempfile.TemporaryDirectory() as folder:
-            path, label, rows, used = combine_window(store, parts, label, folder, feedback)
+            path, label, rows, used, window_rows = combine_window(
+                store,
+                parts,
+                label,
+                folder,
+                feedback,
+                settings.train_max_rows,
+                settings.chunk_rows,
+            )
             trained = train_detector(
                 path,
                 model,
@@ -123,6 +131,7 @@ def retrain_detector(
             "gate": trained["gate"].get("decision"),
             "window": parts,
             "rows": rows,
+            "window_rows": window_rows,
             "label_column": label,
             "feedback": used,
         }

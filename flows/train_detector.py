@@ -64,7 +64,13 @@ def train_detector(
     from registry.tracking import ensure_experiment, start_run, trial_logger
     from registry.versions import client
     from tasks.ingest import check_dataset_name
-    from tasks.train import check_contamination, check_detector, training_report, training_tags
+    from tasks.train import (
+        SAMPLE_TAG,
+        check_contamination,
+        check_detector,
+        training_report,
+        training_tags,
+    )
 
     check_contamination(contamination)
     check_detector(detector)
@@ -77,7 +83,8 @@ def train_detector(
 
     # Ingest, and refuse data nothing can be learnt from before a suite, run or version exists
     manifest = load_source(source, dataset, store, query, delimiter, settings.chunk_rows)
-    check_training_data(store, manifest, label_column)
+    limits = {"max_rows": settings.train_max_rows, "chunk_rows": settings.chunk_rows}
+    check_training_data(store, manifest, label_column, **limits)
 
     # Validate
     report = validate_batch(
@@ -90,7 +97,9 @@ def train_detector(
     mlflow.set_tracking_uri(uri)
     experiment_id = ensure_experiment(settings.experiment, uri, settings.artifact_store)
     repair_model(client(uri), uri, model, settings.home_dir, experiment_id, settings.prefect_server)
-    tags = training_tags(dataset, manifest, report, detector, label_column, random_state)
+    tags = training_tags(
+        dataset, manifest, report, detector, label_column, random_state, settings.train_max_rows
+    )
     run_id = start_run(uri, experiment_id, f"train-{model}", tags)
     # A failure from here on ends the run and takes back a version it registered, so a failed
     # train never leaves a half-registered version (a kill -9 is repaired by the next command).
@@ -99,6 +108,7 @@ def train_detector(
         result = fit_detector(
             store,
             manifest,
+            **limits,
             label_column=label_column,
             detector=detector,
             contamination=contamination,
@@ -131,7 +141,9 @@ def train_detector(
         raise
 
     # Report
-    summary, markdown, board = training_report(model, registered, result, dataset, manifest, report)
+    summary, markdown, board = training_report(
+        model, registered, result, dataset, manifest, report, int(tags.get(SAMPLE_TAG, 0))
+    )
     if board is not None:
         create_table_artifact(key="automl-leaderboard", table=board)
     create_markdown_artifact(key="train-summary", markdown=markdown)

@@ -48,6 +48,12 @@ class Settings(BaseSettings):
     prefect_idle_minutes: float = Field(
         30.0, gt=0, description="Minutes without a command before the background API stops."
     )
+    train_max_rows: int = Field(
+        1_000_000,
+        ge=1_000,
+        description="Rows a model is trained on at most: beyond it, a sample stratified by the "
+        "label column (the same rows for the same data), read in chunks.",
+    )
     warm: bool = Field(
         True,
         description="With the background API: a warm process per home (libraries imported "

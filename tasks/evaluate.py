@@ -19,11 +19,17 @@ def load_evaluation_data(
     query: str | None,
     delimiter: str,
     chunk_rows: int,
+    max_rows: int,
 ) -> dict[str, Any]:
-    """The rows to judge on: --data, else the version's own snapshot, else the champion's."""
+    """The rows to judge on: --data, else the version's own snapshot, else the champion's.
+
+    --data beyond `max_rows` rows is judged on a sample of them (stratified by the label
+    column); a training snapshot on the rows its version was trained on (the same sample when
+    training sampled it), whose labelled hold-out is then rebuilt as training split it.
+    """
     from registry.versions import CHAMPION, aliases_of, client, resolve_version
-    from tasks.ingest import load_manifest, load_snapshot, snapshot_source
-    from tasks.train import HOLDOUT_SHARE, split_labels
+    from tasks.ingest import load_manifest, sample_snapshot, snapshot_source
+    from tasks.train import HOLDOUT_SHARE, SAMPLE_TAG, split_labels
 
     mlflow_client = client(tracking_uri)
     target = resolve_version(mlflow_client, model, version=version)
@@ -44,6 +50,8 @@ def load_evaluation_data(
             chunk_rows=chunk_rows,
         )
         where = manifest.source
+        rows = max_rows
+        stratify = label_column or target.tags.get("label_column") or None
     else:
         # The version's own training data, else the champion's, else the newest version's
         # (a hand-made champion has none).
@@ -68,7 +76,11 @@ def load_evaluation_data(
             store, holdout_of.tags["dataset"], holdout_of.tags["dataset_sha256"]
         )
         where = f"the training snapshot of v{holdout_of.version} ({manifest.sha256[:12]})"
-    frame = load_snapshot(store, manifest)
+        rows = int(holdout_of.tags.get(SAMPLE_TAG) or manifest.rows)
+        stratify = holdout_of.tags.get("label_column") or None
+    frame = sample_snapshot(store, manifest, rows, chunk_rows, stratify=stratify)
+    if len(frame) < manifest.rows:
+        where += f", a sample of {len(frame)} of its {manifest.rows} rows"
     label = label_column or next(
         (
             v.tags.get("label_column")

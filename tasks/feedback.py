@@ -442,19 +442,20 @@ def apply_feedback_labels(
                 f"snapshot {part} has a column named {FEEDBACK_LABEL!r}, the name feedback "
                 "labels take; rename it or train with --label-column"
             )
+        # A frame's index is the snapshot's row number (a sample of it keeps them).
         given = mine[mine["snapshot"] == part]
-        given = given[given["row_index"] < len(frame)]
+        given = given[given["row_index"].isin(frame.index)]
         base = (
-            pd.to_numeric(frame[column], errors="coerce")
+            pd.to_numeric(frame[column], errors="coerce").astype(float)
             if column in frame.columns
             else pd.Series(np.nan, index=frame.index)
         )
-        base = base.reset_index(drop=True)
-        base.iloc[given["row_index"].to_numpy()] = given["label"].to_numpy(float)
+        base.loc[given["row_index"].to_numpy()] = given["label"].to_numpy(float)
         stats["feedback_rows"] += len(given)
         stats["feedback_anomalies"] += int(given["label"].sum())
         stats["unlabelled_rows_presumed_normal"] += int(base.isna().sum())
-        out.append(frame.reset_index(drop=True).assign(**{column: base.fillna(0).astype(int)}))
+        labelled = frame.assign(**{column: base.fillna(0).astype(int)})
+        out.append(labelled.reset_index(drop=True))
     return out, column, stats
 
 

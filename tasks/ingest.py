@@ -600,25 +600,69 @@ def load_snapshot(store: ArtifactStore, manifest: Manifest) -> pd.DataFrame:
         return pd.read_parquet(local)
 
 
+def pick_rows(
+    total: int,
+    rows: int,
+    seed: int,
+    classes: np.ndarray | None = None,
+    keep: np.ndarray | None = None,
+) -> np.ndarray:
+    """Sorted indices of `rows` of `total` rows, drawn uniformly without replacement.
+
+    `keep`: indices always picked (counted in `rows`). `classes`: one value per row; each class
+    then gets its share of the rows left to draw (largest remainders first), so the sample holds
+    the classes in the data's proportions exactly, not only on average.
+    """
+    rng = np.random.default_rng(seed)
+    kept = np.unique(keep[(keep >= 0) & (keep < total)]) if keep is not None else np.empty(0, int)
+    budget = max(rows - len(kept), 0)
+    if classes is None and not len(kept):
+        return np.sort(rng.choice(total, size=min(budget, total), replace=False))
+    free = np.ones(total, bool)
+    free[kept] = False
+    codes = pd.factorize(classes)[0] if classes is not None else np.zeros(total, int)
+    codes = np.where(free, codes, -2)  # kept rows are in already
+    groups = [np.flatnonzero(codes == c) for c in np.unique(codes[codes != -2])]
+    sizes = np.array([len(g) for g in groups])
+    if not len(groups) or budget >= sizes.sum():
+        return np.sort(np.concatenate([kept, *groups]).astype(int))
+    exact = budget * sizes / sizes.sum()
+    quota = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - quota), kind="stable")[: budget - quota.sum()]:
+        quota[i] += 1
+    drawn = [rng.choice(g, size=q, replace=False) for g, q in zip(groups, quota, strict=True)]
+    return np.sort(np.concatenate([kept, *drawn]).astype(int))
+
+
 def sample_snapshot(
-    store: ArtifactStore, manifest: Manifest, rows: int, chunk_rows: int
+    store: ArtifactStore,
+    manifest: Manifest,
+    rows: int,
+    chunk_rows: int,
+    *,
+    stratify: str | None = None,
+    keep: np.ndarray | None = None,
 ) -> pd.DataFrame:
-    """At most `rows` rows of a stored snapshot, drawn uniformly without replacement and kept in
-    file order with their global row index; the whole snapshot when it is no larger. Read chunk
-    by chunk: memory holds the sample and one chunk, whatever the snapshot's size. The draw is
-    seeded by the snapshot's hash, so the same data always gives the same sample."""
+    """At most `rows` rows of a stored snapshot (see `pick_rows`: uniform, by the classes of
+    column `stratify` when it has one, `keep` always in), in file order with their global row
+    index; the whole snapshot when it is no larger. Read chunk by chunk: memory holds the sample
+    and one chunk (and the `stratify` column), whatever the snapshot's size. The draw is seeded
+    by the snapshot's hash, so the same data always gives the same sample."""
+    import pyarrow.parquet as pq
+
     if manifest.rows <= rows:
         return load_snapshot(store, manifest)
-    rng = np.random.default_rng(int(manifest.sha256[:16], 16))
-    picked = np.sort(rng.choice(manifest.rows, size=rows, replace=False))
-    parts = []
-    for frame in iter_snapshot(store, manifest, chunk_rows):
-        if frame.empty:
-            continue
-        start, stop = frame.index[0], frame.index[-1] + 1
-        wanted = picked[np.searchsorted(picked, start) : np.searchsorted(picked, stop)]
-        if len(wanted):
-            parts.append(frame.iloc[wanted - start])
+    with snapshot_file(store, manifest) as local:
+        classes = None
+        if stratify and stratify in manifest.columns:
+            classes = pq.read_table(local, columns=[stratify]).column(0).to_pandas().to_numpy()
+        picked = pick_rows(manifest.rows, rows, int(manifest.sha256[:16], 16), classes, keep)
+        parts, offset = [], 0
+        for frame in parquet_frames(pq.ParquetFile(local), chunk_rows):
+            start, offset = offset, offset + len(frame)
+            wanted = picked[np.searchsorted(picked, start) : np.searchsorted(picked, offset)]
+            if len(wanted):
+                parts.append(frame.iloc[wanted - start].set_axis(pd.Index(wanted)))
     return pd.concat(parts)
 
 

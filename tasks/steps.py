@@ -17,7 +17,7 @@ from tasks.ingest import (
     Manifest,
     check_source,
     load_manifest,
-    load_snapshot,
+    sample_snapshot,
     snapshot_key,
     snapshot_source,
 )
@@ -81,19 +81,33 @@ def validate_batch(
 
 
 @task(name="check_training_data", cache_policy=NO_CACHE)
-def check_training_data(store: ArtifactStore, manifest: Manifest, label_column: str | None) -> None:
-    """Refuse a snapshot no detector can learn from (too few rows, constant columns, overflow)."""
+def check_training_data(
+    store: ArtifactStore,
+    manifest: Manifest,
+    label_column: str | None,
+    max_rows: int,
+    chunk_rows: int,
+) -> None:
+    """Refuse a snapshot no detector can learn from (too few rows, constant columns, overflow):
+    the rows training will see (at most `max_rows`, see fit_detector)."""
     from tasks.train import check_training_data as check_frame
 
-    check_frame(load_snapshot(store, manifest), label_column, manifest.source)
+    frame = sample_snapshot(store, manifest, max_rows, chunk_rows, stratify=label_column)
+    check_frame(frame, label_column, manifest.source)
 
 
 @task(name="fit_detector", cache_policy=NO_CACHE)
-def fit_detector(store: ArtifactStore, manifest: Manifest, **options: Any) -> Any:
-    """Fit preprocessing + detector on a snapshot and measure it on the labelled hold-out."""
+def fit_detector(
+    store: ArtifactStore, manifest: Manifest, max_rows: int, chunk_rows: int, **options: Any
+) -> Any:
+    """Fit preprocessing + detector on a snapshot and measure it on the labelled hold-out: all
+    its rows, or beyond `max_rows` a sample of them, read chunk by chunk and stratified by the
+    label column (the same rows every time: the gate rebuilds the hold-out from them)."""
     from tasks.train import train_detector
 
-    return train_detector(load_snapshot(store, manifest), where=manifest.source, **options)
+    label = options.get("label_column")
+    frame = sample_snapshot(store, manifest, max_rows, chunk_rows, stratify=label)
+    return train_detector(frame, where=manifest.source, **options)
 
 
 @task(name="register_model", cache_policy=NO_CACHE)

@@ -19,6 +19,7 @@ from tasks.detectors import (
 )
 
 HOLDOUT_SHARE = 0.3
+SAMPLE_TAG = "train_sample_rows"
 # Fewer rows than this cannot calibrate a threshold or hold out labelled rows meaningfully.
 MIN_TRAIN_ROWS = 10
 
@@ -257,11 +258,15 @@ def training_tags(
     detector: str,
     label_column: str | None,
     random_state: int,
+    max_rows: int,
 ) -> dict[str, str]:
     """Lineage tags of the training run and the version it registers."""
     from registry.tracking import OWNER_TAG, code_version, owner
 
+    # Trained on a sample of the snapshot: its size, from which the gate redraws the same rows.
+    sampled = {SAMPLE_TAG: str(max_rows)} if manifest.rows > max_rows else {}
     return {
+        **sampled,
         "dataset": dataset,
         "dataset_sha256": manifest.sha256,
         "dataset_rows": str(manifest.rows),
@@ -285,6 +290,7 @@ def training_report(
     dataset: str,
     manifest: Any,
     report: Any,
+    sample_rows: int | None = None,
 ) -> tuple[dict[str, Any], str, list[dict[str, str]] | None]:
     """The train flow's result, its markdown summary and the AutoML leaderboard (when tuned)."""
     metrics = {k: round(v, 6) for k, v in result.metrics.items()}
@@ -299,6 +305,8 @@ def training_report(
         "rows": manifest.rows,
         "validation": report.summary(),
     }
+    if sample_rows:
+        summary["sample_rows"] = sample_rows
     board = None
     if result.automl is not None:
         ranked = result.automl.leaderboard_.sort_values("value", ascending=False)
@@ -310,7 +318,9 @@ def training_report(
     markdown = (
         f"## Trained `{model}` v{registered['version']} ({registered['alias']})\n\n"
         f"detector `{result.detector}`, threshold {result.threshold:.6g}, dataset "
-        f"`{dataset}` ({manifest.rows} rows, `{manifest.sha256[:12]}`)\n\n"
+        f"`{dataset}` ({manifest.rows} rows, `{manifest.sha256[:12]}`"
+        + (f"; trained on a sample of {sample_rows}" if sample_rows else "")
+        + ")\n\n"
         + "\n".join(f"- {k}: {v}" for k, v in metrics.items())
     )
     return summary, markdown, board

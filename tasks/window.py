@@ -55,18 +55,35 @@ def combine_window(
     label_column: str | None,
     folder: str,
     feedback: Any = None,
-) -> tuple[str, str | None, int, dict[str, int]]:
+    max_rows: int | None = None,
+    chunk_rows: int = 50_000,
+) -> tuple[str, str | None, int, dict[str, int], int]:
     """One Parquet file of the window's rows; labels kept only if every snapshot has them.
+    Returns its path, label column, rows and feedback counts, and the window's rows.
 
     With enough analyst feedback on the window's batches (`feedback`: the model's newest label
     per row and its snapshot), the feedback sets labels; unlabelled rows count as normal.
+    A window of more than `max_rows` rows is sampled, each snapshot in proportion to its rows
+    (stratified by the label column, every row analysts labelled kept), read chunk by chunk.
     """
     import pandas as pd
 
     from tasks.feedback import apply_feedback_labels
-    from tasks.ingest import load_manifest, load_snapshot
+    from tasks.ingest import load_manifest, sample_snapshot
 
-    frames = [load_snapshot(store, load_manifest(store, *part.split("/", 1))) for part in window]
+    manifests = [load_manifest(store, *part.split("/", 1)) for part in window]
+    total = sum(m.rows for m in manifests)
+    frames = []
+    for part, manifest in zip(window, manifests, strict=True):
+        rows = manifest.rows
+        if max_rows is not None and total > max_rows:
+            rows = max(1, max_rows * manifest.rows // total)
+        keep = None
+        if feedback is not None and not feedback.empty:
+            keep = feedback.loc[feedback["snapshot"] == part, "row_index"].to_numpy(int)
+        frames.append(
+            sample_snapshot(store, manifest, rows, chunk_rows, stratify=label_column, keep=keep)
+        )
     used: dict[str, int] = {}
     labelled = (
         None
@@ -90,4 +107,4 @@ def combine_window(
     combined = pd.concat([f[columns] for f in frames], ignore_index=True)
     path = Path(folder) / "window.parquet"
     combined.to_parquet(path, index=False)
-    return str(path), label_column, len(combined), used
+    return str(path), label_column, len(combined), used, total

@@ -51,6 +51,8 @@ def model_rows(result: dict[str, Any]) -> dict[str, Any]:
         f"{str(result.get('dataset_sha256'))[:12]})",
         "validation": result.get("validation"),
     }
+    if result.get("sample_rows"):
+        keep["trained on"] = f"a sample of {result['sample_rows']} rows (PYNOMALY_TRAIN_MAX_ROWS)"
     for key in ("roc_auc", "average_precision", "precision", "recall", "f1"):
         if key in result.get("metrics", {}):
             keep[f"hold-out {key}"] = result["metrics"][key]

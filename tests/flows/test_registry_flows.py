@@ -105,6 +105,39 @@ def test_second_version_is_gated_and_rollback_restores_the_champion(files):
     assert nothing.exit_code == 2 and "nothing to roll back" in nothing.stderr
 
 
+def test_beyond_the_row_cap_training_and_the_gate_use_the_same_stratified_sample(
+    files, tmp_path, monkeypatch
+):
+    from flows.train_detector import train_detector
+
+    # Anomalies barely apart: a hold-out ROC-AUC far from 1, which only the same rows repeat.
+    rng = np.random.default_rng(4)
+    y = (rng.random(3_000) < 0.08).astype(int)
+    x = rng.normal(size=(3_000, len(FEATURES))) + 1.0 * y[:, None]
+    big = pd.DataFrame(x, columns=FEATURES).assign(y=y)
+    path = tmp_path / "big.csv"
+    big.to_csv(path, index=False)
+    monkeypatch.setenv("PYNOMALY_TRAIN_MAX_ROWS", "1000")
+    get_settings.cache_clear()
+
+    first = train_detector(str(path), "s", label_column="y")
+    assert (first["rows"], first["sample_rows"]) == (3_000, 1_000)
+    assert (first["metrics"]["fit_rows"], first["metrics"]["holdout_rows"]) == (700, 300)
+    # Stratified: the sample holds the data's anomaly share (to rounding), in fit and hold-out.
+    assert first["metrics"]["contamination"] == pytest.approx(big["y"].mean(), abs=0.002)
+    assert mlflow_client().get_model_version("s", "1").tags["train_sample_rows"] == "1000"
+    assert 0.6 < first["metrics"]["roc_auc"] < 0.95, first["metrics"]
+
+    # The gate redraws the same sample and rebuilds training's hold-out from it: the champion's
+    # ROC-AUC there is the one its training measured.
+    gate = train_detector(str(path), "s", label_column="y")["gate"]
+    sample = "a sample of 1000 of its 3000 rows, labelled hold-out of 300 rows"
+    assert sample in gate["evaluated_on"]
+    assert gate["metrics"]["champion.roc_auc"] == pytest.approx(
+        first["metrics"]["roc_auc"], abs=1e-5
+    )
+
+
 def test_hand_registered_model_is_gated_and_a_wrong_signature_is_rejected(files):
     from flows.evaluate_model import evaluate_model
     from flows.train_detector import train_detector

@@ -257,6 +257,13 @@ def test_apply_feedback_labels_sets_labels_and_presumes_unlabelled_rows_normal()
     frames, column, _ = apply_feedback_labels([("d/batch", batch)], labelled, None)
     assert column == FEEDBACK_LABEL and frames[0][FEEDBACK_LABEL].tolist() == labels + [0, 0, 0]
 
+    # A sample of the batch keeps its row numbers as index: labels go by them, not position.
+    sample = batch.iloc[[0, 2, 4, 5, 6, 9]]
+    frames, _, stats = apply_feedback_labels([("d/batch", sample)], labelled, None)
+    assert frames[0]["x"].tolist() == [10.0, 12.0, 14.0, 15.0, 16.0, 19.0]
+    assert frames[0][FEEDBACK_LABEL].tolist() == [1, 1, 1, 0, 0, 0]
+    assert stats["feedback_rows"] == 5 and stats["unlabelled_rows_presumed_normal"] == 1
+
     # Too few labelled anomalies in the window: no labelled training.
     thin = labelled.assign(
         label=[1] * (MIN_FEEDBACK_ANOMALIES - 1) + [0] * (8 - MIN_FEEDBACK_ANOMALIES)

@@ -296,3 +296,20 @@ def test_a_sample_is_uniform_without_repeats_the_same_every_time_and_read_in_chu
     assert again.index.equals(sample.index)
     whole = sample_snapshot(store, manifest, 10_000, chunk_rows=700)
     assert whole.equals(load_snapshot(store, manifest))
+
+
+def test_a_stratified_pick_holds_the_classes_in_the_data_s_proportions_and_the_kept_rows():
+    from tasks.ingest import pick_rows
+
+    classes = np.array([1] * 130 + [0] * 9_870)  # 1.3% positives
+    np.random.default_rng(1).shuffle(classes)
+    picked = pick_rows(10_000, 1_000, seed=7, classes=classes)
+    assert len(picked) == len(np.unique(picked)) == 1_000
+    assert (classes[picked] == 1).sum() == 13  # exactly 1.3%, not only on average
+    keep = np.array([5, 17, 9_999, 20_000])  # an index beyond the data is ignored
+    kept = pick_rows(10_000, 1_000, seed=7, classes=classes, keep=keep)
+    assert len(kept) == 1_000 and {5, 17, 9_999} <= set(kept.tolist())
+    # Missing labels are a class of their own, not dropped.
+    with_nan = np.where(np.arange(10_000) < 500, np.nan, classes.astype(float))
+    assert np.isnan(with_nan[pick_rows(10_000, 1_000, seed=7, classes=with_nan)]).sum() == 50
+    assert np.array_equal(pick_rows(10_000, 1_000, 7, classes), picked)  # seeded
