@@ -158,6 +158,7 @@ def attach(prefect_home: Path, idle_minutes: float, timeout: float = 90.0) -> st
                 _terminate(state)  # alive but not answering: replace it
             state = _start(prefect_home, idle_minutes, timeout)
         _commands(prefect_home).mkdir(mode=0o700, exist_ok=True)
+        _live_commands(prefect_home)  # and so remove what commands that are gone left
         me = _commands(prefect_home) / f"{os.getpid()}-{psutil.Process().create_time()}"
         me.touch()
     atexit.register(_detach, me)

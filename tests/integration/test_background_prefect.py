@@ -139,7 +139,13 @@ def test_commands_share_one_background_server(home: Path, tmp_path: Path) -> Non
     )
     assert background.read_state(prefect_home) == state
     assert [p.pid for p in servers_of(prefect_home)] == [state["pid"]]
-    assert list(commands.iterdir()) == []  # the killed command's pid file was removed
+    # The killed command's pid file is removed: by the next command attaching, or by the
+    # server's idle watch (every 5 s) when the killed command (a warm process's child, stopped
+    # by SIGTERM when its client died) was still ending then.
+    deadline = time.monotonic() + 30
+    while any(commands.iterdir()):
+        assert time.monotonic() < deadline, list(commands.iterdir())
+        time.sleep(0.2)
 
     status = subprocess.run(
         [PYNOMALY, "services", "status", "--json"], env=env, capture_output=True, text=True

@@ -65,3 +65,23 @@ def test_a_killed_commands_pid_file_is_not_live(tmp_path: Path) -> None:
     gone.touch()
     assert background._live_commands(tmp_path) == 0
     assert not gone.exists()
+
+
+def test_a_command_attaching_removes_a_killed_commands_pid_file(
+    tmp_path: Path, monkeypatch
+) -> None:
+    me = psutil.Process()
+    state_of(tmp_path, me.pid)
+    state = {"url": "http://127.0.0.1:9/api", "pid": me.pid, "started": me.create_time()}
+    (tmp_path / "background" / "server.json").write_text(json.dumps(state))
+    monkeypatch.setattr(background, "healthy", lambda url, timeout=2.0: True)
+    for var in ("PREFECT_API_URL", background.EMBEDDED_URL_ENV):
+        monkeypatch.setenv(var, "unset")  # attach sets them: restored after the test
+    dead = psutil.Popen(["true"])
+    dead.wait()
+    commands = tmp_path / "background" / "commands"
+    gone = commands / f"{dead.pid}-{dead.create_time()}"
+    gone.touch()
+    assert background.attach(tmp_path, idle_minutes=30) == state["url"]
+    assert [p.name for p in commands.iterdir()] == [f"{me.pid}-{me.create_time()}"]
+    background._detach(commands / f"{me.pid}-{me.create_time()}")
