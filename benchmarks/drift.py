@@ -31,31 +31,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from scoring import COLUMNS, MODEL, PYNOMALY, ROW_GROUP, run_tree, train  # noqa: E402
+from scoring import COLUMNS, MODEL, PYNOMALY, print_goals, run_tree, train, write_batch  # noqa: E402
 
 SHIFT = 0.3  # standard deviations added to f00: drift in one column of 20
-
-
-def write_shifted_batch(path: Path, rows: int, seed: int) -> Path:
-    """N x 20 standard-normal floats with f00 shifted by SHIFT, as Parquet, row group by row
-    group."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    if path.exists():
-        return path
-    rng = np.random.default_rng(seed)
-    schema = pa.schema([(c, pa.float64()) for c in COLUMNS])
-    with pq.ParquetWriter(path, schema) as writer:
-        for start in range(0, rows, ROW_GROUP):
-            data = rng.normal(size=(min(ROW_GROUP, rows - start), len(COLUMNS)))
-            data[:, 0] += SHIFT
-            writer.write_table(pa.table({c: data[:, i] for i, c in enumerate(COLUMNS)}, schema))
-    return path
 
 
 def check(batch: Path, env: dict[str, str], sample_rows: int) -> dict:
@@ -96,7 +76,7 @@ def main() -> None:
     try:
         train(env, workdir)
         for n in sizes:
-            batch = write_shifted_batch(workdir / f"drift-{n}.parquet", n, seed=n)
+            batch = write_batch(workdir / f"drift-{n}.parquet", n, seed=n, shift=SHIFT)
             runs.append({"rows": n, "check": "sampled", **check(batch, env, args.sample_rows)})
             if n == sizes[0]:
                 runs.append({"rows": n, "check": "whole data", **check(batch, env, n)})
@@ -139,8 +119,7 @@ def main() -> None:
         f"peak RSS {sampled[-1]['rows']:,} / {first['rows']:,} rows: "
         f"{sampled[-1]['peak_rss_gb'] / first['peak_rss_gb']:.2f}x"
     )
-    for goal, met in goals.items():
-        print(f"{goal}: {'met' if met else 'NOT met'}")
+    print_goals(goals)
 
 
 if __name__ == "__main__":

@@ -50,8 +50,9 @@ MODEL = "bench"
 GB = 1024**3
 
 
-def write_batch(path: Path, rows: int, seed: int) -> Path:
-    """N x 20 standard-normal floats as Parquet, one row group at a time."""
+def write_batch(path: Path, rows: int, seed: int, shift: float = 0.0) -> Path:
+    """N x 20 standard-normal floats as Parquet, one row group at a time; column f00 shifted by
+    `shift` standard deviations (a drift, for benchmarks/drift.py)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -63,8 +64,15 @@ def write_batch(path: Path, rows: int, seed: int) -> Path:
         for start in range(0, rows, ROW_GROUP):
             n = min(ROW_GROUP, rows - start)
             data = rng.normal(size=(n, len(COLUMNS)))
+            data[:, 0] += shift
             writer.write_table(pa.table({c: data[:, i] for i, c in enumerate(COLUMNS)}, schema))
     return path
+
+
+def print_goals(goals: dict[str, bool]) -> None:
+    """One line per goal of a benchmark: met or not."""
+    for goal, met in goals.items():
+        print(f"{goal}: {'met' if met else 'NOT met'}")
 
 
 def row_groups(path: Path) -> Iterator[pd.DataFrame]:

@@ -34,7 +34,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from scoring import COLUMNS, PYNOMALY, ROW_GROUP, run_tree  # noqa: E402
+from scoring import COLUMNS, PYNOMALY, ROW_GROUP, print_goals, run_tree  # noqa: E402
 
 SHARE = 0.02  # anomalies
 SHIFT = 0.75  # added to every column of an anomaly
@@ -141,8 +141,7 @@ def main() -> None:
             f"{every['peak_rss_gb']:.2f} GB, ROC-AUC {sampled['roc_auc']:.4f} vs "
             f"{every['roc_auc']:.4f}"
         )
-    for goal, met in goals.items():
-        print(f"{goal}: {'met' if met else 'NOT met'}")
+    print_goals(goals)
 
 
 if __name__ == "__main__":
