@@ -66,6 +66,7 @@ def evaluate_model(
             if v.tags.get("dataset") and v.tags.get("dataset_sha256")
         ],
         [v.tags["label_column"] for v in compared if v.tags.get("label_column")],
+        settings.chunk_rows,
     )
 
     # Gate

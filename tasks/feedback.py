@@ -367,23 +367,27 @@ def model_feedback(engine: sa.Engine, store: Any, model_name: str) -> pd.DataFra
     return labels.assign(snapshot=found)
 
 
-def feedback_rows(store: Any, labelled: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, int]:
+def feedback_rows(
+    store: Any, labelled: pd.DataFrame, chunk_rows: int = 50_000
+) -> tuple[pd.DataFrame, np.ndarray, int]:
     """Features of labelled rows from their batch snapshots, their labels, and rows left out.
 
     Rows whose snapshot is unknown (or whose index lies beyond it) cannot be judged on and are
-    counted as left out.
+    counted as left out. Only the labelled rows are kept from each snapshot, read in chunks.
     """
-    from tasks.ingest import load_manifest, load_snapshot
+    from tasks.ingest import load_manifest, take_rows
 
     frames: list[pd.DataFrame] = []
     labels: list[np.ndarray] = []
     left_out = int(labelled["snapshot"].isna().sum())
     for part, group in labelled.dropna(subset=["snapshot"]).groupby("snapshot", sort=True):
         dataset, sha = str(part).split("/", 1)
-        snap = load_snapshot(store, load_manifest(store, dataset, sha))
-        inside = group[group["row_index"] < len(snap)]
+        manifest = load_manifest(store, dataset, sha)
+        inside = group[group["row_index"] < manifest.rows]
         left_out += len(group) - len(inside)
-        frames.append(snap.iloc[inside["row_index"].to_numpy()].reset_index(drop=True))
+        at = inside["row_index"].to_numpy(int)
+        rows = take_rows(store, manifest, np.unique(at), chunk_rows)
+        frames.append(rows.loc[at].reset_index(drop=True))
         labels.append(inside["label"].to_numpy(int))
     if not frames:
         return pd.DataFrame(), np.zeros(0, int), left_out
@@ -402,13 +406,13 @@ def drop_trained_rows(
     """
     keep = np.ones(len(features), bool)
     ignore = set(ignore)
-    for frame in trained_on:
+    for frame in trained_on:  # whole snapshots or their chunks: each is matched on its own
         columns = [c for c in features.columns if c in frame.columns and c not in ignore]
         if not columns or features.empty:
             continue
-        seen = set(pd.util.hash_pandas_object(frame[columns], index=False).to_numpy())
+        seen = pd.util.hash_pandas_object(frame[columns], index=False).to_numpy()
         mine = pd.util.hash_pandas_object(features[columns], index=False).to_numpy()
-        keep &= ~np.isin(mine, list(seen))
+        keep &= ~np.isin(mine, seen)
     return features[keep].reset_index(drop=True), labels[keep], int((~keep).sum())
 
 
@@ -541,22 +545,25 @@ def gate_feedback(
     model_name: str,
     trained_on: list[str],
     ignore: list[str],
+    chunk_rows: int = 50_000,
 ) -> FeedbackRows | None:
     """The model's labelled rows for the gate, less those either compared version trained on.
 
-    `trained_on` holds `dataset/sha256` of the compared versions' training snapshots; None
-    when nobody has labelled a row of the model's batches.
+    `trained_on` holds `dataset/sha256` of the compared versions' training snapshots, read
+    chunk by chunk; None when nobody has labelled a row of the model's batches.
     """
-    from tasks.ingest import load_manifest, load_snapshot
+    from tasks.ingest import iter_snapshot, load_manifest
 
     labelled = model_feedback(engine, store, model_name)
     if labelled.empty:
         return None
-    features, labels, missing = feedback_rows(store, labelled)
-    frames = [
-        load_snapshot(store, load_manifest(store, *part.split("/", 1))) for part in trained_on
-    ]
-    features, labels, trained = drop_trained_rows(features, labels, frames, ignore)
+    features, labels, missing = feedback_rows(store, labelled, chunk_rows)
+    chunks = (
+        chunk
+        for part in trained_on
+        for chunk in iter_snapshot(store, load_manifest(store, *part.split("/", 1)), chunk_rows)
+    )
+    features, labels, trained = drop_trained_rows(features, labels, chunks, ignore)
     return FeedbackRows(features, labels, missing + trained)
 
 

@@ -657,12 +657,31 @@ def sample_snapshot(
         if stratify and stratify in manifest.columns:
             classes = pq.read_table(local, columns=[stratify]).column(0).to_pandas().to_numpy()
         picked = pick_rows(manifest.rows, rows, int(manifest.sha256[:16], 16), classes, keep)
-        parts, offset = [], 0
-        for frame in parquet_frames(pq.ParquetFile(local), chunk_rows):
-            start, offset = offset, offset + len(frame)
-            wanted = picked[np.searchsorted(picked, start) : np.searchsorted(picked, offset)]
-            if len(wanted):
-                parts.append(frame.iloc[wanted - start].set_axis(pd.Index(wanted)))
+        return _take(local, picked, chunk_rows)
+
+
+def take_rows(
+    store: ArtifactStore, manifest: Manifest, picked: np.ndarray, chunk_rows: int
+) -> pd.DataFrame:
+    """Rows `picked` (row numbers, sorted, unique, each below the snapshot's rows) of a stored
+    snapshot, indexed by their row numbers; read chunk by chunk, so memory holds those rows and
+    one chunk."""
+    with snapshot_file(store, manifest) as local:
+        return _take(local, picked, chunk_rows)
+
+
+def _take(local: Path, picked: np.ndarray, chunk_rows: int) -> pd.DataFrame:
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(local)
+    parts, offset = [], 0
+    for frame in parquet_frames(parquet, chunk_rows):
+        start, offset = offset, offset + len(frame)
+        wanted = picked[np.searchsorted(picked, start) : np.searchsorted(picked, offset)]
+        if len(wanted):
+            parts.append(frame.iloc[wanted - start].set_axis(pd.Index(wanted)))
+    if not parts:  # nothing picked: no rows, the snapshot's columns
+        return parquet.schema_arrow.empty_table().to_pandas()
     return pd.concat(parts)
 
 

@@ -228,7 +228,12 @@ def record_batch_snapshot(results_url: str, manifest: Manifest, scored: dict[str
 
 @task(name="load_feedback_rows", cache_policy=NO_CACHE, **IO)
 def load_feedback_rows(
-    results_url: str, store: ArtifactStore, model: str, trained_on: list[str], ignore: list[str]
+    results_url: str,
+    store: ArtifactStore,
+    model: str,
+    trained_on: list[str],
+    ignore: list[str],
+    chunk_rows: int,
 ) -> Any:
     """Analyst-labelled rows of the model's batches with their features (None: no feedback)."""
     from tasks.feedback import feedback_engine, gate_feedback, results_db_exists
@@ -237,7 +242,7 @@ def load_feedback_rows(
         return None
     engine = feedback_engine(results_url)
     try:
-        return gate_feedback(engine, store, model, trained_on, ignore)
+        return gate_feedback(engine, store, model, trained_on, ignore, chunk_rows)
     finally:
         engine.dispose()
 

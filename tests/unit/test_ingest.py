@@ -313,3 +313,18 @@ def test_a_stratified_pick_holds_the_classes_in_the_data_s_proportions_and_the_k
     with_nan = np.where(np.arange(10_000) < 500, np.nan, classes.astype(float))
     assert np.isnan(with_nan[pick_rows(10_000, 1_000, seed=7, classes=with_nan)]).sum() == 50
     assert np.array_equal(pick_rows(10_000, 1_000, 7, classes), picked)  # seeded
+
+
+def test_take_rows_reads_the_rows_asked_for_by_row_number(
+    tmp_path: Path, store: ArtifactStore
+) -> None:
+    from tasks.ingest import take_rows
+
+    path = tmp_path / "rows.csv"
+    pd.DataFrame({"row": np.arange(1_000), "x": np.arange(1_000) * 2.0}).to_csv(path, index=False)
+    manifest = snapshot_source(str(path), "d", store)
+    rows = take_rows(store, manifest, np.array([0, 299, 300, 999]), chunk_rows=300)
+    assert rows.index.tolist() == rows["row"].tolist() == [0, 299, 300, 999]
+    assert rows["x"].tolist() == [0.0, 598.0, 600.0, 1998.0]
+    none = take_rows(store, manifest, np.array([], int), chunk_rows=300)
+    assert none.empty and list(none.columns) == ["row", "x"]
