@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -276,14 +277,19 @@ def test_parquet_is_read_in_bounded_chunks_whatever_its_row_groups(tmp_path: Pat
     assert max(len(f) for f in frames) < 2 * 10
 
 
+def numbered_snapshot(tmp_path: Path, store: ArtifactStore, rows: int, step: float) -> Any:
+    """A snapshot whose column `row` holds each row's number and `x` the number times `step`."""
+    path = tmp_path / "rows.csv"
+    pd.DataFrame({"row": np.arange(rows), "x": np.arange(rows) * step}).to_csv(path, index=False)
+    return snapshot_source(str(path), "d", store)
+
+
 def test_a_sample_is_uniform_without_repeats_the_same_every_time_and_read_in_chunks(
     tmp_path: Path, store: ArtifactStore
 ) -> None:
     from tasks.ingest import sample_snapshot
 
-    path = tmp_path / "rows.csv"
-    pd.DataFrame({"row": np.arange(10_000), "x": np.arange(10_000) * 0.5}).to_csv(path, index=False)
-    manifest = snapshot_source(str(path), "d", store)
+    manifest = numbered_snapshot(tmp_path, store, 10_000, step=0.5)
     sample = sample_snapshot(store, manifest, 1_000, chunk_rows=700)
     assert len(sample) == 1_000 and sample.index.is_unique and sample.index.is_monotonic_increasing
     # Each sampled row is the snapshot's row of that index, whole.
@@ -320,9 +326,7 @@ def test_take_rows_reads_the_rows_asked_for_by_row_number(
 ) -> None:
     from tasks.ingest import take_rows
 
-    path = tmp_path / "rows.csv"
-    pd.DataFrame({"row": np.arange(1_000), "x": np.arange(1_000) * 2.0}).to_csv(path, index=False)
-    manifest = snapshot_source(str(path), "d", store)
+    manifest = numbered_snapshot(tmp_path, store, 1_000, step=2.0)
     rows = take_rows(store, manifest, np.array([0, 299, 300, 999]), chunk_rows=300)
     assert rows.index.tolist() == rows["row"].tolist() == [0, 299, 300, 999]
     assert rows["x"].tolist() == [0.0, 598.0, 600.0, 1998.0]
