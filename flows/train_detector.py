@@ -12,6 +12,7 @@ from tasks.steps import (
     check_training_data,
     fit_detector,
     load_source,
+    load_training_rows,
     register_model,
     validate_batch,
 )
@@ -83,8 +84,10 @@ def train_detector(
 
     # Ingest, and refuse data nothing can be learnt from before a suite, run or version exists
     manifest = load_source(source, dataset, store, query, delimiter, settings.chunk_rows)
-    limits = {"max_rows": settings.train_max_rows, "chunk_rows": settings.chunk_rows}
-    check_training_data(store, manifest, label_column, **limits)
+    rows = load_training_rows(
+        store, manifest, label_column, settings.train_max_rows, settings.chunk_rows
+    )
+    check_training_data(rows, label_column, manifest.source)
 
     # Validate
     report = validate_batch(
@@ -106,9 +109,8 @@ def train_detector(
     try:
         # Tune / train
         result = fit_detector(
-            store,
-            manifest,
-            **limits,
+            rows,
+            manifest.source,
             label_column=label_column,
             detector=detector,
             contamination=contamination,

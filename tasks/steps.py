@@ -80,34 +80,35 @@ def validate_batch(
     )
 
 
-@task(name="check_training_data", cache_policy=NO_CACHE)
-def check_training_data(
+@task(name="load_training_rows", cache_policy=NO_CACHE, **IO)
+def load_training_rows(
     store: ArtifactStore,
     manifest: Manifest,
     label_column: str | None,
     max_rows: int,
     chunk_rows: int,
-) -> None:
-    """Refuse a snapshot no detector can learn from (too few rows, constant columns, overflow):
-    the rows training will see (at most `max_rows`, see fit_detector)."""
+) -> Any:
+    """The rows a model is trained on (a DataFrame): all of a snapshot's, or beyond `max_rows`
+    a sample of them, read chunk by chunk and stratified by the label column (the same rows
+    every time: the gate rebuilds the hold-out from them)."""
+    return sample_snapshot(store, manifest, max_rows, chunk_rows, stratify=label_column)
+
+
+@task(name="check_training_data", cache_policy=NO_CACHE)
+def check_training_data(frame: Any, label_column: str | None, where: str) -> None:
+    """Refuse rows no detector can learn from (too few rows, constant columns, overflow)."""
     from tasks.train import check_training_data as check_frame
 
-    frame = sample_snapshot(store, manifest, max_rows, chunk_rows, stratify=label_column)
-    check_frame(frame, label_column, manifest.source)
+    check_frame(frame, label_column, where)
 
 
 @task(name="fit_detector", cache_policy=NO_CACHE)
-def fit_detector(
-    store: ArtifactStore, manifest: Manifest, max_rows: int, chunk_rows: int, **options: Any
-) -> Any:
-    """Fit preprocessing + detector on a snapshot and measure it on the labelled hold-out: all
-    its rows, or beyond `max_rows` a sample of them, read chunk by chunk and stratified by the
-    label column (the same rows every time: the gate rebuilds the hold-out from them)."""
+def fit_detector(frame: Any, where: str, **options: Any) -> Any:
+    """Fit preprocessing + detector on the training rows and measure it on the labelled
+    hold-out."""
     from tasks.train import train_detector
 
-    label = options.get("label_column")
-    frame = sample_snapshot(store, manifest, max_rows, chunk_rows, stratify=label)
-    return train_detector(frame, where=manifest.source, **options)
+    return train_detector(frame, where=where, **options)
 
 
 @task(name="register_model", cache_policy=NO_CACHE)
